@@ -1,0 +1,279 @@
+//! One mode file, `modes/<slug>.md`: TOML front matter between `+++` lines, then the
+//! mode's instructions in markdown (its role, as a Roo Code mode's role definition).
+//!
+//! Rules: the file starts with a `+++` line; the front matter is TOML with unknown keys
+//! rejected; `command` is an argv run directly (never through a shell), in which only a
+//! whole element `{prompt_file}` is replaced. `alternatives` are further argvs tried in
+//! order when the program of `command` is not installed; `if_missing` says whether a mode
+//! with no installed program fails or is skipped (an agent CLI is optional, a build tool
+//! is not).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration::HumanDuration;
+
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How the composed prompt reaches the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptKind {
+    Stdin,
+    File,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Skip the later modes (except `always` ones).
+    Stop,
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfMissing {
+    /// No program of the mode is installed: the mode fails.
+    Fail,
+    /// No program of the mode is installed: the mode is `skipped`, with the reason.
+    Skip,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FrontMatter {
+    name: Option<String>,
+    command: Vec<String>,
+    #[serde(default)]
+    alternatives: Vec<Vec<String>>,
+    prompt: Option<PromptKind>,
+    timeout: Option<HumanDuration>,
+    kill_grace: Option<HumanDuration>,
+    on_failure: Option<OnFailure>,
+    #[serde(default)]
+    always: bool,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    if_missing: Option<IfMissing>,
+}
+
+/// A parsed mode file.
+#[derive(Debug, Clone)]
+pub struct Mode {
+    pub slug: String,
+    pub name: String,
+    /// `command` first, then the `alternatives`, each a non-empty argv.
+    pub commands: Vec<Vec<String>>,
+    pub prompt: PromptKind,
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    pub on_failure: OnFailure,
+    pub always: bool,
+    pub retries: u32,
+    pub env: BTreeMap<String, String>,
+    pub if_missing: IfMissing,
+    /// The markdown after the front matter.
+    pub instructions: String,
+    pub path: PathBuf,
+}
+
+/// A problem in a mode file, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeProblem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Mode {
+    /// Parses the text of `path`; `slug` is the file stem.
+    pub fn parse(slug: &str, path: &Path, text: &str) -> Result<Mode, ModeProblem> {
+        let problem = |line, column, message: String| ModeProblem {
+            line,
+            column,
+            message,
+        };
+        let Some(first) = text.lines().next() else {
+            return Err(problem(
+                1,
+                1,
+                "empty mode file (expected front matter between `+++` lines, then instructions)"
+                    .into(),
+            ));
+        };
+        if first.trim_end() != "+++" {
+            return Err(problem(
+                1,
+                1,
+                "missing front matter: a mode file starts with a line `+++`, TOML such as `command = [\"cargo\", \"test\"]`, and a closing `+++`".into(),
+            ));
+        }
+        let body_start = first.len() + 1;
+        let rest = text.get(body_start..).unwrap_or("");
+        let mut offset = 0;
+        let mut close = None;
+        for line in rest.split_inclusive('\n') {
+            if line.trim_end() == "+++" {
+                close = Some((offset, offset + line.len()));
+                break;
+            }
+            offset += line.len();
+        }
+        let Some((toml_end, instructions_start)) = close else {
+            return Err(problem(
+                1,
+                1,
+                "front matter is not closed: add a line `+++` after the TOML".into(),
+            ));
+        };
+        let toml_text = &rest[..toml_end];
+        let front: FrontMatter = toml::from_str(toml_text).map_err(|err| {
+            let (line, column) = err
+                .span()
+                .map(|span| line_col(text, body_start + span.start))
+                .unwrap_or((2, 1));
+            problem(
+                line,
+                column,
+                format!("front matter: {}", one_line(err.message())),
+            )
+        })?;
+        let key_at = |key: &str| {
+            toml_text
+                .find(&format!("{key} "))
+                .or_else(|| toml_text.find(&format!("{key}=")))
+                .map_or((2, 1), |at| line_col(text, body_start + at))
+        };
+        let mut commands = vec![front.command];
+        commands.extend(front.alternatives);
+        if let Some(empty) = commands
+            .iter()
+            .position(|argv| argv.is_empty() || argv[0].is_empty())
+        {
+            let key = if empty == 0 {
+                "command"
+            } else {
+                "alternatives"
+            };
+            let (line, column) = key_at(key);
+            return Err(problem(
+                line,
+                column,
+                format!("`{key}` needs a program: an argv such as [\"cargo\", \"test\"]"),
+            ));
+        }
+        if matches!(front.timeout, Some(t) if t.0.is_zero()) {
+            let (line, column) = key_at("timeout");
+            return Err(problem(
+                line,
+                column,
+                "`timeout` must be more than zero".into(),
+            ));
+        }
+        Ok(Mode {
+            slug: slug.to_string(),
+            name: front.name.unwrap_or_else(|| slug.to_string()),
+            commands,
+            prompt: front.prompt.unwrap_or(PromptKind::Stdin),
+            timeout: front.timeout.map(|t| t.0),
+            kill_grace: front.kill_grace.map_or(DEFAULT_KILL_GRACE, |t| t.0),
+            on_failure: front.on_failure.unwrap_or(OnFailure::Stop),
+            always: front.always,
+            retries: front.retries,
+            env: front.env,
+            if_missing: front.if_missing.unwrap_or(IfMissing::Fail),
+            instructions: rest[instructions_start..].trim().to_string(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Mode, ModeProblem> {
+        Mode::parse("validation", Path::new("modes/validation.md"), text)
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let mode = parse(
+            "+++\nname = \"Validation\"\ncommand = [\"cargo\", \"test\", \"--quiet\"]\nprompt = \"none\"\ntimeout = \"20m\"\nkill_grace = \"10s\"\non_failure = \"stop\"\nalways = false\nretries = 0\nenv = { CARGO_TERM_COLOR = \"never\" }\n+++\n# Validation\nRun the test suite.\n",
+        )
+        .unwrap();
+        assert_eq!(mode.commands, vec![vec!["cargo", "test", "--quiet"]]);
+        assert_eq!(mode.prompt, PromptKind::None);
+        assert_eq!(mode.timeout, Some(Duration::from_secs(1_200)));
+        assert_eq!(mode.instructions, "# Validation\nRun the test suite.");
+        assert_eq!(mode.env["CARGO_TERM_COLOR"], "never");
+    }
+
+    #[test]
+    fn unknown_key_is_reported_at_its_line() {
+        let err = parse("+++\ncommand = [\"true\"]\ncomand = [\"x\"]\n+++\nbody\n").unwrap_err();
+        assert_eq!((err.line, err.column), (3, 1), "{err:?}");
+        assert!(err.message.contains("unknown field"), "{}", err.message);
+    }
+
+    #[test]
+    fn missing_and_unclosed_front_matter() {
+        assert!(
+            parse("# just markdown\n")
+                .unwrap_err()
+                .message
+                .contains("missing front matter")
+        );
+        assert!(
+            parse("+++\ncommand = [\"true\"]\n")
+                .unwrap_err()
+                .message
+                .contains("not closed")
+        );
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let err = parse("+++\ncommand = [\"true\"]\ntimeout = \"soon\"\n+++\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains("bad duration"), "{}", err.message);
+    }
+
+    #[test]
+    fn empty_command_is_refused() {
+        let err = parse("+++\ncommand = []\n+++\n").unwrap_err();
+        assert!(err.message.contains("needs a program"), "{}", err.message);
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
+    }
+}
