@@ -1,7 +1,22 @@
 //! loop-orchestrator: a cron supervisor for autonomous work loops.
+//!
+//! Data flows one way: files → validated [`config::Config`] → the [`supervisor`] (or
+//! `run-cycle`) → [`cycle`] → [`runner`] → outcome → [`timing`] row + [`memory`] entry.
+//! The stores (`timing`, `memory`, `todo`) and the runner know nothing of cycles or the service.
 
+pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod cycle;
 pub mod duration;
+pub mod init;
+pub mod lock;
+pub mod memory;
 pub mod mode;
+pub mod prompt;
+pub mod runner;
 pub mod schedule;
+pub mod status;
+pub mod supervisor;
+pub mod timing;
+pub mod todo;

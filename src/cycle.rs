@@ -1,0 +1,639 @@
+//! One fire of a schedule, run through its modes (SPEC §3–§5).
+//!
+//! Rules: modes run in order; a failed, timed-out or blocked mode whose `on_failure` is
+//! `stop` skips the rest except `always` modes; every mode attempt writes a row as soon as it
+//! ends (so a crash keeps what was done) and adds a System Updates entry plus the `MEMORY`
+//! lines it printed; the cycle ends with one `cycle` row, a prune of the memory file when over
+//! its limit, and the last HANDOFF saved for the schedule's next cycle. The caller holds the
+//! schedule's lock; this module only runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MemorySettings;
+use crate::duration::short;
+use crate::lock::STATE_DIR;
+use crate::memory::{MemoryLimits, MemoryStore, Section};
+use crate::mode::{IfMissing, Mode, OnFailure, PromptKind};
+use crate::prompt::{self, Handoff, PromptParts};
+use crate::runner::{self, PromptDelivery, RunSpec, RunStatus};
+use crate::schedule::Schedule;
+use crate::timing::{Priority, Row, Status, TimingFile, sanitize_note};
+use crate::todo::{Todo, TodoItem};
+
+pub const TIMING_FILE: &str = "task_timing.tsv";
+pub const MEMORY_FILE: &str = "persistent-memory.md";
+pub const ARCHIVE_FILE: &str = "persistent-memory.archive.md";
+pub const TODO_FILE: &str = "TODO.md";
+/// A manual run of a TODO item may take at most this long, all modes together.
+pub const TODO_CAP: Duration = Duration::from_secs(3_600);
+/// Run folders kept in `.loop-orchestrator/runs/`; older ones are removed.
+pub const KEEP_RUNS: usize = 100;
+
+/// What to run: owned, so a cycle can run on its own task in the service.
+#[derive(Debug, Clone)]
+pub struct CycleSpec {
+    pub dir: PathBuf,
+    pub schedule: Schedule,
+    /// The schedule's modes, in pipeline order.
+    pub modes: Vec<Mode>,
+    pub memory: MemorySettings,
+    /// The cron instant that fired this cycle; `None` for a manual run.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub priority: Priority,
+    /// A TODO item run with `run-cycle --todo N`: its text replaces the schedule's task.
+    pub todo_item: Option<TodoItem>,
+}
+
+/// What one mode did, for progress output.
+#[derive(Debug, Clone)]
+pub struct ModeReport {
+    pub mode: String,
+    pub attempt: u32,
+    pub status: Status,
+    pub duration: Duration,
+    pub note: String,
+}
+
+/// The end of a cycle.
+#[derive(Debug, Clone)]
+pub struct CycleOutcome {
+    pub cycle: String,
+    pub status: Status,
+    /// Whether any mode's final attempt failed, timed out or was blocked (even with
+    /// `on_failure = "continue"`): `run-cycle` exits 1 then.
+    pub any_failed: bool,
+    pub duration: Duration,
+    pub note: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Timing(#[from] crate::timing::TimingError),
+}
+
+/// Runs one cycle. `progress` is called after every mode attempt.
+pub async fn run(
+    spec: CycleSpec,
+    cancel: CancellationToken,
+    mut progress: impl FnMut(&ModeReport),
+) -> Result<CycleOutcome, CycleError> {
+    let started = Utc::now();
+    let dir = spec.dir.clone();
+    let (cycle, run_dir) = new_run_dir(&dir, &spec.schedule.id, started)?;
+    let timing = TimingFile::new(dir.join(TIMING_FILE));
+    let store = memory_store(&dir);
+    let todo = Todo::load(&dir.join(TODO_FILE)).unwrap_or(Todo { items: Vec::new() });
+    let previous = load_handoff(&dir, &spec.schedule.id);
+    let task = match &spec.todo_item {
+        Some(item) => format!(
+            "{} (TODO.md item {}, line {}{})",
+            item.text,
+            item.number,
+            item.line,
+            if item.headings.is_empty() {
+                String::new()
+            } else {
+                format!(", under {}", item.headings.join(" > "))
+            }
+        ),
+        None => spec.schedule.task.clone(),
+    };
+    let deadline =
+        (spec.priority == Priority::Todo).then(|| tokio::time::Instant::now() + TODO_CAP);
+
+    let mut handoffs: Vec<Handoff> = Vec::new();
+    let mut stopped_by: Option<(String, Status)> = None;
+    let mut interrupted = false;
+    let mut any_failed = false;
+    let mut counts = StatusCounts::default();
+
+    for mode in &spec.modes {
+        if interrupted {
+            break;
+        }
+        if let Some((stopper, status)) = &stopped_by {
+            if !mode.always {
+                let now = Utc::now();
+                let note = format!("skipped: {stopper} ended {status}");
+                let row = row(
+                    &spec,
+                    &cycle,
+                    &mode.slug,
+                    1,
+                    Status::Skipped,
+                    now,
+                    now,
+                    None,
+                    &note,
+                );
+                append(&timing, vec![row]).await?;
+                counts.add(Status::Skipped);
+                progress(&ModeReport {
+                    mode: mode.slug.clone(),
+                    attempt: 1,
+                    status: Status::Skipped,
+                    duration: Duration::ZERO,
+                    note,
+                });
+                continue;
+            }
+        }
+        let mut final_status = Status::Ok;
+        for attempt in 1..=mode.retries + 1 {
+            let started_at = Utc::now();
+            let Some(argv) = resolve_command(mode, &spec.schedule.cwd) else {
+                let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+                let (status, note) = match mode.if_missing {
+                    IfMissing::Skip => (
+                        Status::Skipped,
+                        format!("not installed: {}", programs.join(", ")),
+                    ),
+                    IfMissing::Fail => (
+                        Status::Failed,
+                        format!("program not found on PATH: {}", programs.join(", ")),
+                    ),
+                };
+                let row = row(
+                    &spec, &cycle, &mode.slug, attempt, status, started_at, started_at, None, &note,
+                );
+                append(&timing, vec![row]).await?;
+                add_memory(
+                    &store,
+                    vec![(
+                        Section::SystemUpdates,
+                        system_update(
+                            &spec.schedule.id,
+                            &mode.slug,
+                            started_at,
+                            status,
+                            Duration::ZERO,
+                            &note,
+                        ),
+                    )],
+                )
+                .await;
+                progress(&ModeReport {
+                    mode: mode.slug.clone(),
+                    attempt,
+                    status,
+                    duration: Duration::ZERO,
+                    note,
+                });
+                final_status = status;
+                break;
+            };
+            let mut timeout = mode
+                .timeout
+                .map_or(spec.schedule.timeout, |t| t.min(spec.schedule.timeout));
+            if let Some(deadline) = deadline {
+                timeout =
+                    timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            let suffix = if attempt > 1 {
+                format!(".attempt{attempt}")
+            } else {
+                String::new()
+            };
+            let prompt_file = run_dir.join(format!("{}{suffix}.prompt.md", mode.slug));
+            let memory_text = std::fs::read_to_string(dir.join(MEMORY_FILE)).unwrap_or_default();
+            let open: Vec<&TodoItem> = todo.open_items().collect();
+            let prompt_text = prompt::compose(&PromptParts {
+                task: &task,
+                schedule: &spec.schedule.id,
+                cycle: &cycle,
+                mode: &mode.slug,
+                mode_name: &mode.name,
+                attempt,
+                priority: &spec.priority.to_string(),
+                instructions: &mode.instructions,
+                open_items: &open,
+                memory: &memory_text,
+                earlier: &handoffs,
+                previous_cycle: previous.as_ref(),
+            });
+            let mut env: Vec<(String, String)> = spec
+                .schedule
+                .env
+                .iter()
+                .chain(&mode.env)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            env.extend([
+                ("LOOP_CYCLE_ID".to_string(), cycle.clone()),
+                ("LOOP_SCHEDULE_ID".to_string(), spec.schedule.id.clone()),
+                ("LOOP_MODE".to_string(), mode.slug.clone()),
+                ("LOOP_ATTEMPT".to_string(), attempt.to_string()),
+                ("LOOP_DIR".to_string(), dir.display().to_string()),
+                (
+                    "LOOP_MEMORY_FILE".to_string(),
+                    dir.join(MEMORY_FILE).display().to_string(),
+                ),
+                (
+                    "LOOP_TODO_FILE".to_string(),
+                    dir.join(TODO_FILE).display().to_string(),
+                ),
+                ("LOOP_PRIORITY".to_string(), spec.priority.to_string()),
+            ]);
+            let writes_file =
+                mode.prompt == PromptKind::File || argv.iter().any(|a| a == "{prompt_file}");
+            if writes_file {
+                env.push((
+                    "LOOP_PROMPT_FILE".to_string(),
+                    prompt_file.display().to_string(),
+                ));
+            }
+            tracing::info!(schedule = %spec.schedule.id, cycle = %cycle, mode = %mode.slug, attempt, program = %argv[0], timeout = %short(timeout), "mode started");
+            let run_spec = RunSpec {
+                argv,
+                cwd: spec.schedule.cwd.clone(),
+                env,
+                prompt: match mode.prompt {
+                    PromptKind::Stdin => PromptDelivery::Stdin,
+                    PromptKind::File => PromptDelivery::File,
+                    PromptKind::None => PromptDelivery::None,
+                },
+                prompt_text,
+                prompt_file,
+                timeout,
+                kill_grace: mode.kill_grace,
+                log_path: run_dir.join(format!("{}{suffix}.log", mode.slug)),
+                log_cap: runner::LOG_CAP,
+            };
+            let (status, note, exit_code, finished_at, memory, handoff) =
+                match runner::run(run_spec, cancel.clone()).await {
+                    Ok(outcome) => {
+                        let status = match outcome.status {
+                            RunStatus::Ok => Status::Ok,
+                            RunStatus::Failed => Status::Failed,
+                            RunStatus::Timeout => Status::Timeout,
+                            RunStatus::Blocked => Status::Blocked,
+                            RunStatus::Interrupted => Status::Interrupted,
+                        };
+                        // The handoff says more about a run than its exit status does.
+                        let note = match outcome.handoff.last() {
+                            Some(h) if status == Status::Ok => {
+                                format!("{}; HANDOFF: {h}", outcome.summary)
+                            }
+                            _ => outcome.summary,
+                        };
+                        (
+                            status,
+                            note,
+                            outcome.exit_code,
+                            outcome.finished_at,
+                            outcome.memory,
+                            outcome.handoff,
+                        )
+                    }
+                    Err(err) => (
+                        Status::Failed,
+                        err.to_string(),
+                        None,
+                        Utc::now(),
+                        Vec::new(),
+                        Vec::new(),
+                    ),
+                };
+            let duration = (finished_at - started_at).to_std().unwrap_or_default();
+            let row = row(
+                &spec,
+                &cycle,
+                &mode.slug,
+                attempt,
+                status,
+                started_at,
+                finished_at,
+                exit_code,
+                &note,
+            );
+            append(&timing, vec![row]).await?;
+            let mut entries = vec![(
+                Section::SystemUpdates,
+                system_update(
+                    &spec.schedule.id,
+                    &mode.slug,
+                    started_at,
+                    status,
+                    duration,
+                    &note,
+                ),
+            )];
+            for (section, text) in memory {
+                match section.parse::<Section>() {
+                    Ok(section) => entries.push((section, text)),
+                    Err(_) => entries.push((Section::SystemUpdates, format!("[{section}] {text}"))),
+                }
+            }
+            add_memory(&store, entries).await;
+            for text in handoff {
+                handoffs.push(Handoff {
+                    mode: mode.slug.clone(),
+                    cycle: cycle.clone(),
+                    text,
+                });
+            }
+            tracing::info!(schedule = %spec.schedule.id, cycle = %cycle, mode = %mode.slug, attempt, status = %status, duration = %short(duration), "mode finished");
+            progress(&ModeReport {
+                mode: mode.slug.clone(),
+                attempt,
+                status,
+                duration,
+                note,
+            });
+            final_status = status;
+            let retryable = matches!(status, Status::Failed | Status::Timeout);
+            if !retryable || cancel.is_cancelled() {
+                break;
+            }
+        }
+        counts.add(final_status);
+        match final_status {
+            Status::Interrupted => interrupted = true,
+            Status::Failed | Status::Timeout | Status::Blocked => {
+                any_failed = true;
+                if mode.on_failure == OnFailure::Stop && stopped_by.is_none() {
+                    stopped_by = Some((mode.slug.clone(), final_status));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let finished = Utc::now();
+    let status = if interrupted {
+        Status::Interrupted
+    } else {
+        stopped_by.as_ref().map_or(Status::Ok, |(_, s)| *s)
+    };
+    let mut note = counts.describe();
+    if let Some((mode, s)) = &stopped_by {
+        note.push_str(&format!("; stopped by {mode} ({s})"));
+    }
+    let cycle_row = row(
+        &spec, &cycle, "cycle", 1, status, started, finished, None, &note,
+    );
+    append(&timing, vec![cycle_row]).await?;
+    let limits = MemoryLimits {
+        max_lines: spec.memory.max_lines,
+        target_lines: spec.memory.target_lines,
+    };
+    let prune_store = store.clone();
+    match tokio::task::spawn_blocking(move || prune_store.prune(limits, false)).await {
+        Ok(Ok(report)) if report.archived > 0 => {
+            tracing::info!(
+                archived = report.archived,
+                lines_before = report.lines_before,
+                lines_after = report.lines_after,
+                "memory pruned"
+            )
+        }
+        Ok(Err(err)) => tracing::warn!(error = %err, "memory prune failed"),
+        _ => {}
+    }
+    if let Some(last) = handoffs.last() {
+        save_handoff(&dir, &spec.schedule.id, last);
+    }
+    remove_old_runs(&dir, KEEP_RUNS);
+    let duration = (finished - started).to_std().unwrap_or_default();
+    tracing::info!(schedule = %spec.schedule.id, cycle = %cycle, status = %status, duration = %short(duration), "cycle finished");
+    Ok(CycleOutcome {
+        cycle,
+        status,
+        any_failed,
+        duration,
+        note,
+    })
+}
+
+/// Records a fire that did not run (overlap `skip`, an escalated schedule): one cycle row.
+pub fn record_cycle_row(
+    dir: &Path,
+    schedule: &Schedule,
+    scheduled_at: Option<DateTime<Utc>>,
+    status: Status,
+    note: &str,
+) -> Result<(), CycleError> {
+    let now = Utc::now();
+    let cycle = format!("{}-{}", cycle_stamp(now), schedule.id);
+    let row = Row {
+        scheduled_at,
+        started_at: now,
+        finished_at: now,
+        duration_ms: 0,
+        priority: Priority::Schedule,
+        schedule: schedule.id.clone(),
+        cycle,
+        mode: "cycle".to_string(),
+        attempt: 1,
+        status,
+        exit_code: None,
+        cost_usd: None,
+        note: sanitize_note(note),
+    };
+    TimingFile::new(dir.join(TIMING_FILE)).append(&row)?;
+    Ok(())
+}
+
+/// The store of an instance's memory file, its archive and its lock.
+pub fn memory_store(dir: &Path) -> MemoryStore {
+    MemoryStore::new(
+        dir.join(MEMORY_FILE),
+        dir.join(ARCHIVE_FILE),
+        dir.join(STATE_DIR).join("locks").join("memory.lock"),
+    )
+}
+
+/// The argv of the first of the mode's commands whose program is installed. `{prompt_file}`
+/// stays in place: the runner replaces it. A program named `loop-orchestrator` that is not on
+/// PATH is this very binary, so modes can call its subcommands from a fresh clone.
+pub fn resolve_command(mode: &Mode, cwd: &Path) -> Option<Vec<String>> {
+    mode.commands.iter().find_map(|argv| {
+        let program = &argv[0];
+        let found = which::which_in(program, std::env::var_os("PATH"), cwd)
+            .ok()
+            .or_else(|| {
+                (program == "loop-orchestrator")
+                    .then(|| std::env::current_exe().ok())
+                    .flatten()
+            })?;
+        let mut resolved = argv.clone();
+        resolved[0] = found.display().to_string();
+        Some(resolved)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    spec: &CycleSpec,
+    cycle: &str,
+    mode: &str,
+    attempt: u32,
+    status: Status,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    exit_code: Option<i32>,
+    note: &str,
+) -> Row {
+    Row {
+        scheduled_at: spec.scheduled_at,
+        started_at,
+        finished_at,
+        duration_ms: (finished_at - started_at).num_milliseconds().max(0) as u64,
+        priority: spec.priority,
+        schedule: spec.schedule.id.clone(),
+        cycle: cycle.to_string(),
+        mode: mode.to_string(),
+        attempt,
+        status,
+        exit_code,
+        cost_usd: None,
+        note: sanitize_note(note),
+    }
+}
+
+async fn append(timing: &TimingFile, rows: Vec<Row>) -> Result<(), CycleError> {
+    let timing = TimingFile::new(timing.path().to_path_buf());
+    tokio::task::spawn_blocking(move || timing.append_all(&rows))
+        .await
+        .map_err(|err| CycleError::Io {
+            path: PathBuf::from(TIMING_FILE),
+            source: std::io::Error::other(err),
+        })??;
+    Ok(())
+}
+
+async fn add_memory(store: &MemoryStore, entries: Vec<(Section, String)>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.add(&entries)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "memory entry not written"),
+        Err(err) => tracing::warn!(error = %err, "memory writer panicked"),
+    }
+}
+
+fn system_update(
+    schedule: &str,
+    mode: &str,
+    at: DateTime<Utc>,
+    status: Status,
+    duration: Duration,
+    note: &str,
+) -> String {
+    format!(
+        "{} [{schedule}/{mode}] {status} in {}: {note}",
+        at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        short(duration)
+    )
+}
+
+fn cycle_stamp(at: DateTime<Utc>) -> String {
+    at.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+}
+
+/// Creates `.loop-orchestrator/runs/<cycle>/`; the cycle id is the start time and the
+/// schedule, with a counter when two cycles of a schedule start in the same millisecond.
+fn new_run_dir(
+    dir: &Path,
+    schedule: &str,
+    started: DateTime<Utc>,
+) -> Result<(String, PathBuf), CycleError> {
+    let runs = dir.join(STATE_DIR).join("runs");
+    std::fs::create_dir_all(&runs).map_err(|source| CycleError::Io {
+        path: runs.clone(),
+        source,
+    })?;
+    let base = format!("{}-{schedule}", cycle_stamp(started));
+    for n in 1.. {
+        let cycle = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        let path = runs.join(&cycle);
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok((cycle, path)),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(CycleError::Io { path, source }),
+        }
+    }
+    unreachable!("the counter is unbounded")
+}
+
+fn remove_old_runs(dir: &Path, keep: usize) {
+    let runs = dir.join(STATE_DIR).join("runs");
+    let Ok(entries) = std::fs::read_dir(&runs) else {
+        return;
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    if names.len() <= keep {
+        return;
+    }
+    // Names start with the UTC start time, so they sort by age.
+    names.sort();
+    for name in &names[..names.len() - keep] {
+        let _ = std::fs::remove_dir_all(runs.join(name));
+    }
+}
+
+fn handoff_path(dir: &Path, schedule: &str) -> PathBuf {
+    dir.join(STATE_DIR)
+        .join("handoff")
+        .join(format!("{schedule}.json"))
+}
+
+/// The last HANDOFF of the schedule's previous cycle.
+pub fn load_handoff(dir: &Path, schedule: &str) -> Option<Handoff> {
+    let text = std::fs::read_to_string(handoff_path(dir, schedule)).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(Handoff {
+        mode: value.get("mode")?.as_str()?.to_string(),
+        cycle: value.get("cycle")?.as_str()?.to_string(),
+        text: value.get("text")?.as_str()?.to_string(),
+    })
+}
+
+fn save_handoff(dir: &Path, schedule: &str, handoff: &Handoff) {
+    let path = handoff_path(dir, schedule);
+    let json =
+        serde_json::json!({ "mode": handoff.mode, "cycle": handoff.cycle, "text": handoff.text });
+    let tmp = path.with_extension("json.tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, json.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(err) = written {
+        tracing::warn!(error = %err, path = %path.display(), "handoff not saved");
+    }
+}
+
+#[derive(Default)]
+struct StatusCounts(Vec<(Status, usize)>);
+
+impl StatusCounts {
+    fn add(&mut self, status: Status) {
+        match self.0.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((status, 1)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let total: usize = self.0.iter().map(|(_, n)| n).sum();
+        let parts: Vec<String> = self.0.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        format!("{total} modes: {}", parts.join(", "))
+    }
+}

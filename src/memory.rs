@@ -1,0 +1,1556 @@
+//! `persistent-memory.md`: the bounded memory the modes share (SPEC §5).
+//!
+//! The file is markdown with three `##` sections (Implementation Patterns, Commands,
+//! System Updates). An *entry* is a top-level list item inside one of those sections,
+//! with all its continuation lines and nested content. Everything else — the title,
+//! any preamble, paragraphs, code blocks, other `##` sections and their lists — is
+//! text this module never removes, and an unmodified document renders back to the
+//! identical bytes.
+//!
+//! Rules this module owns:
+//! - Parsing goes through pulldown-cmark, so a `- line` inside a fenced code block or
+//!   an HTML block is text, not an entry. Section headings match case-insensitively.
+//! - `add` appends list items at the end of their sections (creating missing sections
+//!   in canonical order); a multi-line text becomes `- first` plus lines indented by
+//!   two spaces.
+//! - `prune` collapses entries that are identical apart from a leading RFC 3339
+//!   timestamp to the newest copy, then removes the oldest entries (file order is age),
+//!   System Updates before Commands before Implementation Patterns, until the file has
+//!   at most `target_lines` lines.
+//! - Nothing is lost: every removed entry is appended to the archive and fsynced
+//!   *before* the memory file is replaced (temp file, fsync, rename, directory fsync).
+//!   A crash at any instant leaves each entry in the memory file, the archive, or both.
+//! - Every write holds an exclusive fd-lock on the lock file, and re-reads the memory
+//!   file just before the rename: if someone edited it meanwhile, the update starts
+//!   over from the new content (writers that do not take the lock, such as editors,
+//!   can still race the final rename; the re-check narrows that window to microseconds).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use pulldown_cmark::{Event, HeadingLevel, Options, Parser, Tag, TagEnd};
+
+/// Title of the memory file, and the first line of [`initial_text`].
+pub const TITLE: &str = "Persistent Memory";
+/// Title of the archive file, written when the archive is created.
+pub const ARCHIVE_TITLE: &str = "Persistent Memory Archive";
+/// How often an update starts over because the file changed under it before giving up.
+const MAX_ATTEMPTS: usize = 5;
+
+/// One of the three sections that hold entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    ImplementationPatterns,
+    Commands,
+    SystemUpdates,
+}
+
+impl Section {
+    /// Canonical file order.
+    pub const ALL: [Section; 3] = [
+        Section::ImplementationPatterns,
+        Section::Commands,
+        Section::SystemUpdates,
+    ];
+
+    /// The order in which entries are pruned: status noise first, hard-won patterns last.
+    const PRUNE_ORDER: [Section; 3] = [
+        Section::SystemUpdates,
+        Section::Commands,
+        Section::ImplementationPatterns,
+    ];
+
+    /// The heading text, e.g. `"Implementation Patterns"`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::ImplementationPatterns => "Implementation Patterns",
+            Section::Commands => "Commands",
+            Section::SystemUpdates => "System Updates",
+        }
+    }
+
+    /// The section a heading text names, ignoring case, `-`/`_` and extra spaces.
+    fn from_title(text: &str) -> Option<Section> {
+        let wanted: String = text
+            .replace(['-', '_'], " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
+        Section::ALL
+            .into_iter()
+            .find(|s| s.title().to_lowercase() == wanted)
+    }
+}
+
+impl fmt::Display for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.title())
+    }
+}
+
+impl FromStr for Section {
+    type Err = MemoryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Section::from_title(s).ok_or_else(|| MemoryError::UnknownSection {
+            name: s.to_string(),
+        })
+    }
+}
+
+/// When to prune (`max_lines`) and how far (`target_lines`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    pub max_lines: usize,
+    pub target_lines: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_lines: 300,
+            target_lines: 240,
+        }
+    }
+}
+
+/// What a prune did. `archived` counts every entry moved to the archive, including
+/// the older copies of collapsed duplicates (also counted in `duplicates`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PruneReport {
+    pub lines_before: usize,
+    pub lines_after: usize,
+    pub archived: usize,
+    pub duplicates: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot lock {path}: {source} (check that its directory is writable)")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} changed during each of {attempts} attempts to update it; \
+         stop the other writer and retry"
+    )]
+    KeepsChanging { path: PathBuf, attempts: usize },
+    #[error(
+        "{path}: cannot append to section \"{section}\" without disturbing the entries \
+         around it (an unclosed code fence or HTML block near that section?); \
+         fix the markdown by hand"
+    )]
+    Layout { path: PathBuf, section: Section },
+    #[error(
+        "unknown memory section \"{name}\" \
+         (expected one of: Implementation Patterns, Commands, System Updates)"
+    )]
+    UnknownSection { name: String },
+}
+
+/// The text of a new memory file: the title and the three empty sections.
+pub fn initial_text() -> String {
+    let mut text = format!("# {TITLE}\n");
+    for section in Section::ALL {
+        text.push_str(&format!("## {}\n", section.title()));
+    }
+    text
+}
+
+/// A comparable form of an entry's text: whitespace runs collapse to one space, so an
+/// entry compares equal in the memory file and in the archive whatever its indentation.
+pub fn entry_key(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The key under which duplicates collapse: [`entry_key`] without a leading RFC 3339
+/// timestamp token.
+fn dedupe_key(text: &str) -> String {
+    let trimmed = text.trim_start();
+    let token_end = trimmed.find(char::is_whitespace).unwrap_or(trimmed.len());
+    let (token, rest) = trimmed.split_at(token_end);
+    if DateTime::parse_from_rfc3339(token).is_ok() {
+        entry_key(rest)
+    } else {
+        entry_key(trimmed)
+    }
+}
+
+/// Every entry text recorded in an archive file, in file order.
+pub fn archived_entries(archive_text: &str) -> Vec<String> {
+    scan(archive_text)
+        .items
+        .into_iter()
+        .map(|item| item.text)
+        .collect()
+}
+
+/// One entry of a parsed memory file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub section: Section,
+    /// The item's text without its list marker, continuation lines dedented.
+    pub text: String,
+    /// 1-based line of the item's marker.
+    pub line: usize,
+    /// Lines the item occupies (continuation lines included).
+    pub lines: usize,
+    /// Bytes removed with the entry: its lines, plus the blank lines that separate it
+    /// from the next item of the same list (so a loose list does not leave gaps).
+    span: Range<usize>,
+}
+
+/// A parsed memory file. It keeps the whole text; edits produce new text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryDoc {
+    text: String,
+    entries: Vec<Entry>,
+    headings: Vec<Heading>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Heading {
+    level: HeadingLevel,
+    section: Option<Section>,
+    /// From the start of the heading's first line to the end of its last line.
+    lines: Range<usize>,
+}
+
+impl MemoryDoc {
+    pub fn parse(text: &str) -> MemoryDoc {
+        let scanned = scan(text);
+        let entries = scanned
+            .items
+            .into_iter()
+            .filter_map(|item| {
+                let section = scanned.headings[..item.heading_count]
+                    .iter()
+                    .rev()
+                    .find(|h| h.level <= HeadingLevel::H2)?
+                    .section?;
+                Some(Entry {
+                    section,
+                    text: item.text,
+                    line: item.line,
+                    lines: count_lines(&text[item.lines.clone()]),
+                    span: item.span,
+                })
+            })
+            .collect();
+        MemoryDoc {
+            text: text.to_string(),
+            entries,
+            headings: scanned.headings,
+        }
+    }
+
+    /// The document's text, unchanged by parsing.
+    pub fn render(&self) -> String {
+        self.text.clone()
+    }
+
+    pub fn line_count(&self) -> usize {
+        count_lines(&self.text)
+    }
+
+    /// The texts of a section's entries, oldest first.
+    pub fn entries(&self, section: Section) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.section == section)
+            .map(|e| e.text.clone())
+            .collect()
+    }
+
+    /// Every entry of the three sections, in file order.
+    pub fn all_entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn has_section(&self, section: Section) -> bool {
+        self.headings.iter().any(|h| h.section == Some(section))
+    }
+
+    /// The text with every entry removed: what pruning can never touch.
+    pub fn skeleton(&self) -> String {
+        let all: Vec<usize> = (0..self.entries.len()).collect();
+        self.without(&all)
+    }
+
+    /// The text without the entries at `removed` (indices into `entries`, ascending).
+    fn without(&self, removed: &[usize]) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        let mut at = 0;
+        for &index in removed {
+            let span = &self.entries[index].span;
+            out.push_str(&self.text[at..span.start]);
+            at = span.end;
+        }
+        out.push_str(&self.text[at..]);
+        out
+    }
+
+    /// Which entries a prune removes, in the order they go to the archive, and how
+    /// many of them are duplicates.
+    fn prune_plan(&self, target_lines: usize) -> (Vec<usize>, usize) {
+        let mut removed = vec![false; self.entries.len()];
+        // Newest first, so the first copy seen is the one kept.
+        let mut seen = HashSet::new();
+        let mut duplicates = 0;
+        for (index, entry) in self.entries.iter().enumerate().rev() {
+            if !seen.insert((entry.section, dedupe_key(&entry.text))) {
+                removed[index] = true;
+                duplicates += 1;
+            }
+        }
+        let span_lines = |e: &Entry| count_lines(&self.text[e.span.clone()]);
+        let mut lines = self.line_count()
+            - self
+                .entries
+                .iter()
+                .zip(&removed)
+                .filter(|(_, r)| **r)
+                .map(|(e, _)| span_lines(e))
+                .sum::<usize>();
+        'outer: for section in Section::PRUNE_ORDER {
+            for (index, entry) in self.entries.iter().enumerate() {
+                if lines <= target_lines {
+                    break 'outer;
+                }
+                if entry.section == section && !removed[index] {
+                    removed[index] = true;
+                    lines -= span_lines(entry);
+                }
+            }
+        }
+        let indices = removed
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r)
+            .map(|(i, _)| i)
+            .collect();
+        (indices, duplicates)
+    }
+
+    /// The document with `entries` appended to their sections, or the section whose
+    /// insertion would not parse back as exactly the entries intended.
+    fn with_added(&self, entries: &[(Section, String)]) -> Result<MemoryDoc, Section> {
+        let mut doc = self.clone();
+        for section in Section::ALL {
+            let texts: Vec<&str> = entries
+                .iter()
+                .filter(|(s, _)| *s == section)
+                .map(|(_, t)| t.as_str())
+                .collect();
+            if texts.is_empty() {
+                continue;
+            }
+            let block: String = texts.iter().map(|t| format_entry(t)).collect();
+            let mut expected: Vec<(Section, String)> = doc.keyed_entries();
+            let (at, block) = doc.insertion(section, block);
+            // The new keys follow every entry that starts before the insertion point.
+            let insert_index = doc.entries.iter().filter(|e| e.span.start < at).count();
+            for (offset, text) in texts.iter().enumerate() {
+                expected.insert(insert_index + offset, (section, entry_key(text)));
+            }
+            // A bare list can be swallowed by a preceding HTML block; a blank line ends it.
+            let attempts = [block.clone(), format!("\n{block}")];
+            let next = attempts.iter().find_map(|block| {
+                let mut text = doc.text.clone();
+                text.insert_str(at, block);
+                let next = MemoryDoc::parse(&text);
+                (next.keyed_entries() == expected).then_some(next)
+            });
+            doc = next.ok_or(section)?;
+        }
+        Ok(doc)
+    }
+
+    fn keyed_entries(&self) -> Vec<(Section, String)> {
+        self.entries
+            .iter()
+            .map(|e| (e.section, entry_key(&e.text)))
+            .collect()
+    }
+
+    /// Where a block of list items for `section` goes, and the block with any heading
+    /// or newline it needs there.
+    fn insertion(&self, section: Section, block: String) -> (usize, String) {
+        let text = &self.text;
+        let newline_before = |at: usize| {
+            if at > 0 && !text[..at].ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            }
+        };
+        if let Some(position) = self
+            .headings
+            .iter()
+            .rposition(|h| h.section == Some(section))
+        {
+            let heading = &self.headings[position];
+            let section_end = self.headings[position + 1..]
+                .iter()
+                .find(|h| h.level <= HeadingLevel::H2)
+                .map_or(text.len(), |h| h.lines.start);
+            // After the section's last non-blank line, so trailing blank lines keep
+            // separating it from the next heading.
+            let at = last_content_end(text, heading.lines.end, section_end);
+            return (at, format!("{}{block}", newline_before(at)));
+        }
+        let later = self
+            .headings
+            .iter()
+            .filter(|h| h.section.is_some_and(|s| s > section))
+            .map(|h| h.lines.start)
+            .min();
+        let at = later.unwrap_or(text.len());
+        let block = format!("{}## {}\n{block}", newline_before(at), section.title());
+        (at, block)
+    }
+}
+
+/// The end of the last non-blank line in `text[from..to]`, or `from` if none.
+fn last_content_end(text: &str, from: usize, to: usize) -> usize {
+    match text[from..to].trim_end().len() {
+        0 => from,
+        len => line_end(text, from + len),
+    }
+}
+
+/// Lines as `wc -l` counts them, plus a final unterminated line.
+fn count_lines(text: &str) -> usize {
+    text.lines().count()
+}
+
+/// A list item as it is written: `- first` and continuation lines indented by two.
+fn format_entry(text: &str) -> String {
+    let mut out = String::from("-");
+    for (index, line) in text.lines().enumerate() {
+        if index > 0 {
+            out.push('\n');
+        }
+        if !line.trim().is_empty() {
+            out.push_str(if index == 0 { " " } else { "  " });
+            out.push_str(line.trim_end());
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// What a caller hands to `add`, made ready for [`format_entry`]: no surrounding blank
+/// lines, no list marker of its own. `None` for an empty text.
+fn clean_entry(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.iter().position(|l| !l.trim().is_empty())?;
+    let last = lines.iter().rposition(|l| !l.trim().is_empty())?;
+    let mut kept: Vec<String> = lines[first..=last].iter().map(|l| l.to_string()).collect();
+    let head = kept[0].trim_start();
+    kept[0] = head
+        .strip_prefix("- ")
+        .unwrap_or(head)
+        .trim_start()
+        .to_string();
+    Some(kept.join("\n"))
+}
+
+struct Scanned {
+    headings: Vec<Heading>,
+    items: Vec<Item>,
+}
+
+struct Item {
+    /// How many headings precede the item.
+    heading_count: usize,
+    text: String,
+    line: usize,
+    /// Whole lines, from the marker's line to the last non-blank line.
+    lines: Range<usize>,
+    span: Range<usize>,
+}
+
+/// The top-level headings and top-level list items of a markdown text.
+fn scan(text: &str) -> Scanned {
+    let mut headings: Vec<Heading> = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    // Top-level items of the list being read, to extend spans over separating blanks.
+    let mut list_items: Vec<usize> = Vec::new();
+    let mut depth = 0usize;
+    let mut heading: Option<(HeadingLevel, Range<usize>, String)> = None;
+    let mut line_starts = LineIndex::new(text);
+    let parser = Parser::new_ext(text, Options::empty()).into_offset_iter();
+    for (event, range) in parser {
+        match event {
+            Event::Start(tag) => {
+                match &tag {
+                    Tag::Heading { level, .. } if depth == 0 => {
+                        heading = Some((*level, range.clone(), String::new()));
+                    }
+                    // Items only occur in lists, so depth 1 means a top-level list.
+                    Tag::Item if depth == 1 => {
+                        let start = line_start(text, range.start);
+                        let end = last_content_end(text, start, range.end.min(text.len()));
+                        let end = end.max(line_end(text, start));
+                        list_items.push(items.len());
+                        items.push(Item {
+                            heading_count: headings.len(),
+                            text: item_text(&text[start..end]),
+                            line: line_starts.line_of(start),
+                            lines: start..end,
+                            span: start..end,
+                        });
+                    }
+                    _ => {}
+                }
+                depth += 1;
+            }
+            Event::End(tag_end) => {
+                depth = depth.saturating_sub(1);
+                match tag_end {
+                    TagEnd::Heading(_) if depth == 0 => {
+                        if let Some((level, range, title)) = heading.take() {
+                            let lines =
+                                line_start(text, range.start)..through_line_end(text, range.end);
+                            headings.push(Heading {
+                                level,
+                                section: Section::from_title(&title),
+                                lines,
+                            });
+                        }
+                    }
+                    TagEnd::List(_) if depth == 0 => {
+                        // Blank lines between two items of one list belong to the
+                        // earlier item; after the last item they are the document's.
+                        for pair in list_items.windows(2) {
+                            let next_start = items[pair[1]].lines.start;
+                            let item = &mut items[pair[0]];
+                            if text[item.span.end..next_start].trim().is_empty() {
+                                item.span.end = next_start;
+                            }
+                        }
+                        list_items.clear();
+                    }
+                    _ => {}
+                }
+            }
+            Event::Text(t) | Event::Code(t) => {
+                if let Some((_, _, title)) = heading.as_mut() {
+                    title.push_str(&t);
+                }
+            }
+            _ => {}
+        }
+    }
+    Scanned { headings, items }
+}
+
+/// The text of a list item without its marker, continuation lines dedented by the
+/// marker's width (lazy continuation lines keep what they have).
+fn item_text(raw: &str) -> String {
+    let mut lines = raw.lines();
+    let Some(first) = lines.next() else {
+        return String::new();
+    };
+    let indent = first.len() - first.trim_start().len();
+    let rest = &first[indent..];
+    let marker = if rest.starts_with(['-', '*', '+']) {
+        1
+    } else {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits + usize::from(rest[digits..].starts_with(['.', ')']))
+    };
+    let after = &rest[marker..];
+    let spaces = after.len() - after.trim_start_matches(' ').len();
+    // Five or more spaces open indented code in the item: its content starts one in.
+    let offset = match spaces {
+        _ if after.trim().is_empty() => after.len(),
+        5.. => 1,
+        _ => spaces,
+    };
+    let width = indent + marker + offset.max(1);
+    let mut out = after[offset..].to_string();
+    for line in lines {
+        out.push('\n');
+        let leading = line.len() - line.trim_start_matches(' ').len();
+        out.push_str(&line[leading.min(width)..]);
+    }
+    out
+}
+
+fn line_start(text: &str, at: usize) -> usize {
+    text[..at].rfind('\n').map_or(0, |i| i + 1)
+}
+
+/// The end of the line containing byte `at`, past its newline.
+fn line_end(text: &str, at: usize) -> usize {
+    text[at..].find('\n').map_or(text.len(), |i| at + i + 1)
+}
+
+/// `end` moved past the rest of its line, unless it already ends one.
+fn through_line_end(text: &str, end: usize) -> usize {
+    if end == 0 || text[..end].ends_with('\n') {
+        end
+    } else {
+        line_end(text, end)
+    }
+}
+
+/// Line numbers for byte offsets that arrive in ascending order.
+struct LineIndex<'a> {
+    text: &'a str,
+    at: usize,
+    line: usize,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        LineIndex {
+            text,
+            at: 0,
+            line: 1,
+        }
+    }
+
+    fn line_of(&mut self, offset: usize) -> usize {
+        if offset < self.at {
+            self.at = 0;
+            self.line = 1;
+        }
+        self.line += self.text[self.at..offset].matches('\n').count();
+        self.at = offset;
+        self.line
+    }
+}
+
+/// The memory file, its archive and its lock, and the updates that keep them consistent.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    memory: PathBuf,
+    archive: PathBuf,
+    lock: PathBuf,
+    /// Test seam: runs after the temp file is written, before the re-check.
+    #[cfg(test)]
+    before_replace: Option<fn(&Path, usize)>,
+}
+
+/// What one pass of an update decided.
+struct Plan {
+    /// The new memory text, `None` to leave the file as it is.
+    text: Option<String>,
+    /// Entries to append to the archive before the memory file is replaced.
+    archive: Vec<(Section, String)>,
+    report: PruneReport,
+}
+
+impl MemoryStore {
+    pub fn new(memory: PathBuf, archive: PathBuf, lock: PathBuf) -> Self {
+        MemoryStore {
+            memory,
+            archive,
+            lock,
+            #[cfg(test)]
+            before_replace: None,
+        }
+    }
+
+    /// The store at the instance directory's standard paths (SPEC §1).
+    pub fn in_dir(dir: &Path) -> Self {
+        MemoryStore::new(
+            dir.join("persistent-memory.md"),
+            dir.join("persistent-memory.archive.md"),
+            dir.join(".loop-orchestrator").join("memory.lock"),
+        )
+    }
+
+    pub fn memory_path(&self) -> &Path {
+        &self.memory
+    }
+
+    pub fn archive_path(&self) -> &Path {
+        &self.archive
+    }
+
+    /// The memory file as it is now; a missing file reads as [`initial_text`]. Readers
+    /// need no lock: writers only ever replace the file by rename.
+    pub fn read(&self) -> Result<MemoryDoc, MemoryError> {
+        let text = read_optional(&self.memory)?.unwrap_or_else(initial_text);
+        Ok(MemoryDoc::parse(&text))
+    }
+
+    /// Appends entries at the end of their sections. Empty texts are skipped.
+    pub fn add(&self, entries: &[(Section, String)]) -> Result<(), MemoryError> {
+        let entries = clean_entries(entries);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.update(|current| {
+            let doc = MemoryDoc::parse(current.unwrap_or(&initial_text()));
+            let text = self.added(&doc, &entries)?.render();
+            Ok(Plan {
+                report: PruneReport {
+                    lines_before: count_lines(&text),
+                    lines_after: count_lines(&text),
+                    ..PruneReport::default()
+                },
+                text: Some(text),
+                archive: Vec::new(),
+            })
+        })
+        .map(|_| ())
+    }
+
+    /// Prunes when the file has more than `max_lines` lines (always when `force`),
+    /// down to `target_lines`.
+    pub fn prune(&self, limits: MemoryLimits, force: bool) -> Result<PruneReport, MemoryError> {
+        self.update(|current| {
+            let Some(current) = current else {
+                return Ok(Plan {
+                    text: None,
+                    archive: Vec::new(),
+                    report: PruneReport::default(),
+                });
+            };
+            Ok(prune_plan(&MemoryDoc::parse(current), limits, force))
+        })
+    }
+
+    /// Adds entries and prunes if the result is over `max_lines`, in one update (one
+    /// rename). Without a prune the report's two line counts are the file after adding.
+    pub fn add_and_prune(
+        &self,
+        entries: &[(Section, String)],
+        limits: MemoryLimits,
+    ) -> Result<PruneReport, MemoryError> {
+        let entries = clean_entries(entries);
+        self.update(|current| {
+            let doc = MemoryDoc::parse(current.unwrap_or(&initial_text()));
+            let doc = if entries.is_empty() {
+                doc
+            } else {
+                self.added(&doc, &entries)?
+            };
+            let mut plan = prune_plan(&doc, limits, false);
+            if plan.text.is_none() && !entries.is_empty() {
+                plan.text = Some(doc.render());
+            }
+            Ok(plan)
+        })
+    }
+
+    fn added(
+        &self,
+        doc: &MemoryDoc,
+        entries: &[(Section, String)],
+    ) -> Result<MemoryDoc, MemoryError> {
+        doc.with_added(entries)
+            .map_err(|section| MemoryError::Layout {
+                path: self.memory.clone(),
+                section,
+            })
+    }
+
+    /// Read, plan, archive, replace: under the lock, starting over when the memory
+    /// file changed between the read and the replace.
+    fn update(
+        &self,
+        mut decide: impl FnMut(Option<&str>) -> Result<Plan, MemoryError>,
+    ) -> Result<PruneReport, MemoryError> {
+        if let Some(parent) = self.lock.parent() {
+            fs::create_dir_all(parent).map_err(|source| MemoryError::Lock {
+                path: self.lock.clone(),
+                source,
+            })?;
+        }
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(|source| MemoryError::Lock {
+                path: self.lock.clone(),
+                source,
+            })?;
+        let mut lock = fd_lock::RwLock::new(lock_file);
+        let _guard = lock.write().map_err(|source| MemoryError::Lock {
+            path: self.lock.clone(),
+            source,
+        })?;
+        // Holding the lock, no other store is between its temp write and its rename:
+        // any temp file left is from a writer that died.
+        self.remove_stale_temps();
+
+        for attempt in 0..MAX_ATTEMPTS {
+            let original = read_optional(&self.memory)?;
+            let plan = decide(original.as_deref())?;
+            if !plan.archive.is_empty() {
+                append_archive(&self.archive, &plan.archive)?;
+                tracing::info!(
+                    archive = %self.archive.display(),
+                    entries = plan.archive.len(),
+                    "archived pruned memory entries"
+                );
+            }
+            let Some(text) = plan.text else {
+                return Ok(plan.report);
+            };
+            if original.as_deref() == Some(text.as_str()) {
+                return Ok(plan.report);
+            }
+            let temp = self.write_temp(&text)?;
+            #[cfg(test)]
+            if let Some(hook) = self.before_replace {
+                hook(&self.memory, attempt);
+            }
+            if read_optional(&self.memory)? != original {
+                let _ = fs::remove_file(&temp);
+                tracing::warn!(
+                    file = %self.memory.display(),
+                    attempt,
+                    "memory file changed while it was being updated; starting over"
+                );
+                continue;
+            }
+            fs::rename(&temp, &self.memory).map_err(|source| {
+                let _ = fs::remove_file(&temp);
+                MemoryError::Write {
+                    path: self.memory.clone(),
+                    source,
+                }
+            })?;
+            sync_parent(&self.memory)?;
+            return Ok(plan.report);
+        }
+        Err(MemoryError::KeepsChanging {
+            path: self.memory.clone(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    fn temp_prefix(&self) -> String {
+        let name = self
+            .memory
+            .file_name()
+            .map_or_else(|| "memory".into(), |n| n.to_string_lossy().into_owned());
+        format!(".{name}.tmp-")
+    }
+
+    /// Writes and fsyncs `text` to a new temp file next to the memory file.
+    fn write_temp(&self, text: &str) -> Result<PathBuf, MemoryError> {
+        let stamp = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let temp = self.memory.with_file_name(format!(
+            "{}{}-{stamp}",
+            self.temp_prefix(),
+            std::process::id()
+        ));
+        let write = || -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            if let Ok(meta) = fs::metadata(&self.memory) {
+                file.set_permissions(meta.permissions())?;
+            }
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            MemoryError::Write {
+                path: temp.clone(),
+                source,
+            }
+        })?;
+        Ok(temp)
+    }
+
+    fn remove_stale_temps(&self) {
+        let dir = match self.memory.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let prefix = self.temp_prefix();
+        let Ok(listing) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                tracing::debug!(file = %entry.path().display(), "removing stale memory temp file");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn clean_entries(entries: &[(Section, String)]) -> Vec<(Section, String)> {
+    entries
+        .iter()
+        .filter_map(|(s, t)| clean_entry(t).map(|t| (*s, t)))
+        .collect()
+}
+
+/// The plan for pruning `doc`: nothing when it is within `max_lines` and not forced.
+fn prune_plan(doc: &MemoryDoc, limits: MemoryLimits, force: bool) -> Plan {
+    let lines_before = doc.line_count();
+    if !force && lines_before <= limits.max_lines {
+        return Plan {
+            text: None,
+            archive: Vec::new(),
+            report: PruneReport {
+                lines_before,
+                lines_after: lines_before,
+                ..PruneReport::default()
+            },
+        };
+    }
+    let (removed, duplicates) = doc.prune_plan(limits.target_lines);
+    let text = doc.without(&removed);
+    let mut archive: Vec<(Section, String)> = removed
+        .iter()
+        .map(|&i| (doc.entries[i].section, doc.entries[i].text.clone()))
+        .collect();
+    archive.sort_by_key(|(section, _)| *section);
+    tracing::info!(
+        lines_before,
+        lines_after = count_lines(&text),
+        archived = archive.len(),
+        duplicates,
+        "pruned persistent memory"
+    );
+    Plan {
+        report: PruneReport {
+            lines_before,
+            lines_after: count_lines(&text),
+            archived: archive.len(),
+            duplicates,
+        },
+        text: Some(text),
+        archive,
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, MemoryError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(MemoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Appends one batch under a `## Pruned` heading, grouped by `### Section`, and
+/// fsyncs it (and the directory when the archive is new).
+fn append_archive(path: &Path, entries: &[(Section, String)]) -> Result<(), MemoryError> {
+    let error = |source| MemoryError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(error)?;
+    let is_new = file.metadata().map_err(error)?.len() == 0;
+    let mut batch = String::new();
+    if is_new {
+        batch.push_str(&format!("# {ARCHIVE_TITLE}\n"));
+    }
+    // The leading newline also terminates a line torn by a crash during a past append.
+    batch.push_str(&format!(
+        "\n## Pruned {} ({} entries)\n",
+        Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        entries.len()
+    ));
+    let mut current = None;
+    for (section, text) in entries {
+        if current != Some(*section) {
+            batch.push_str(&format!("### {}\n", section.title()));
+            current = Some(*section);
+        }
+        batch.push_str(&format_entry(text));
+    }
+    file.write_all(batch.as_bytes()).map_err(error)?;
+    file.sync_all().map_err(error)?;
+    if is_new {
+        sync_parent(path)?;
+    }
+    Ok(())
+}
+
+/// Fsyncs the directory holding `path`, so a rename or creation in it is durable.
+fn sync_parent(path: &Path) -> Result<(), MemoryError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| MemoryError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRICKY: &str = "# Persistent Memory\n\
+Preamble paragraph that is\nnot an entry.\n\
+\n\
+## implementation patterns\n\
+- first pattern\n  continued line\n  - nested item\n\n    indented para of nested\n\
+- second pattern\nlazy continuation\n\
+\n\
+```\n- fenced, not an entry\n```\n\
+\n\
+<div>\n- html block, not an entry\n</div>\n\
+\n\
+## Notes\n\
+- kept note\n\
+\n\
+Commands\n--------\n\
+1. ordered entry\n\
+2) other ordered\n\
+\n\
+## SYSTEM UPDATES ##\n\
+- loose one\n\
+\n\
+- loose two\n\
+### Sub heading\n\
+* star entry without newline";
+
+    fn store(dir: &Path) -> MemoryStore {
+        MemoryStore::in_dir(dir)
+    }
+
+    #[test]
+    fn parse_render_identity_on_tricky_input() {
+        let doc = MemoryDoc::parse(TRICKY);
+        assert_eq!(doc.render(), TRICKY);
+        assert_eq!(doc.line_count(), TRICKY.lines().count());
+        assert_eq!(
+            doc.entries(Section::ImplementationPatterns),
+            [
+                "first pattern\ncontinued line\n- nested item\n\n  indented para of nested",
+                "second pattern\nlazy continuation",
+            ]
+        );
+        assert_eq!(
+            doc.entries(Section::Commands),
+            ["ordered entry", "other ordered"]
+        );
+        assert_eq!(
+            doc.entries(Section::SystemUpdates),
+            ["loose one", "loose two", "star entry without newline"]
+        );
+        assert_eq!(doc.entry_count(), 7);
+        let lines: Vec<usize> = doc.all_entries().iter().map(|e| e.line).collect();
+        assert_eq!(lines, [6, 11, 27, 28, 31, 33, 35]);
+        assert!(Section::ALL.iter().all(|s| doc.has_section(*s)));
+    }
+
+    #[test]
+    fn multibyte_text_at_line_ends_parses_and_prunes() {
+        let text = "# Persistent Memory\n## Commands\n- caf\u{e9}\n## Syst\u{e8}me\n- kept \u{1f600}\n## System Updates\n- \u{e9}t\u{e9}";
+        let doc = MemoryDoc::parse(text);
+        assert_eq!(doc.render(), text);
+        assert_eq!(doc.entries(Section::SystemUpdates), ["\u{e9}t\u{e9}"]);
+        let heading_last = "## Commands\n- a\n## Not\u{e9}";
+        let doc_heading_last = MemoryDoc::parse(heading_last);
+        assert_eq!(doc_heading_last.render(), heading_last);
+        assert_eq!(doc_heading_last.skeleton(), "## Commands\n## Not\u{e9}");
+        let plan = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 0,
+                target_lines: 0,
+            },
+            true,
+        );
+        assert_eq!(
+            plan.text.as_deref(),
+            Some(
+                "# Persistent Memory\n## Commands\n## Syst\u{e8}me\n- kept \u{1f600}\n## System Updates\n"
+            )
+        );
+    }
+
+    #[test]
+    fn list_lines_in_code_and_html_are_not_entries() {
+        let text = "# Persistent Memory\n## System Updates\n```\n- a\n- b\n```\n~~~md\n- c\n~~~\n    - indented code\n";
+        let doc = MemoryDoc::parse(text);
+        assert_eq!(doc.entry_count(), 0);
+        let pruned = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 0,
+                target_lines: 0,
+            },
+            true,
+        );
+        assert_eq!(pruned.text.as_deref(), Some(text));
+        assert!(pruned.archive.is_empty());
+    }
+
+    #[test]
+    fn skeleton_keeps_every_non_entry_byte() {
+        let doc = MemoryDoc::parse(TRICKY);
+        let skeleton = doc.skeleton();
+        for kept in [
+            "# Persistent Memory\nPreamble paragraph that is\nnot an entry.\n\n## implementation patterns\n",
+            "```\n- fenced, not an entry\n```\n\n<div>\n- html block, not an entry\n</div>\n\n## Notes\n- kept note\n\nCommands\n--------\n",
+            "## SYSTEM UPDATES ##\n",
+            "### Sub heading\n",
+        ] {
+            assert!(
+                skeleton.contains(kept),
+                "{kept:?} missing from {skeleton:?}"
+            );
+        }
+        assert!(MemoryDoc::parse(&skeleton).entry_count() == 0);
+        // The loose list's separating blank line went with its first item.
+        assert!(skeleton.contains("## SYSTEM UPDATES ##\n### Sub heading\n"));
+    }
+
+    #[test]
+    fn entries_outside_the_three_sections_are_never_pruned() {
+        let text = "# Persistent Memory\n- top item\n## Other\n- other 1\n- other 2\n## Commands\n- c1\n# Another Title\n- under h1\n## System Updates\n- s1\n";
+        let doc = MemoryDoc::parse(text);
+        assert_eq!(doc.entry_count(), 2);
+        let plan = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 0,
+                target_lines: 0,
+            },
+            true,
+        );
+        assert_eq!(
+            plan.text.as_deref(),
+            Some(
+                "# Persistent Memory\n- top item\n## Other\n- other 1\n- other 2\n## Commands\n# Another Title\n- under h1\n## System Updates\n"
+            )
+        );
+    }
+
+    #[test]
+    fn prune_removes_oldest_system_updates_then_commands_then_patterns() {
+        let text = "# Persistent Memory\n## Implementation Patterns\n- p1\n- p2\n## Commands\n- c1\n- c2\n## System Updates\n- s1\n- s2\n- s3\n";
+        let doc = MemoryDoc::parse(text);
+        let lines = doc.line_count();
+        assert_eq!(lines, 11);
+        let order: Vec<String> = (1..=7)
+            .map(|n| {
+                let plan = prune_plan(
+                    &doc,
+                    MemoryLimits {
+                        max_lines: 0,
+                        target_lines: lines - n,
+                    },
+                    true,
+                );
+                let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
+                let kept: HashSet<String> =
+                    after.all_entries().iter().map(|e| e.text.clone()).collect();
+                assert_eq!(plan.report.lines_after, lines - n);
+                assert_eq!(plan.report.archived, n);
+                let gone: Vec<String> = doc
+                    .all_entries()
+                    .iter()
+                    .map(|e| e.text.clone())
+                    .filter(|t| !kept.contains(t))
+                    .collect();
+                assert_eq!(gone.len(), n);
+                gone.join(",")
+            })
+            .collect();
+        assert_eq!(order[6], "p1,p2,c1,c2,s1,s2,s3");
+        assert_eq!(order[0], "s1");
+        assert_eq!(order[2], "s1,s2,s3");
+        assert_eq!(order[3], "c1,s1,s2,s3");
+        assert_eq!(order[5], "p1,c1,c2,s1,s2,s3");
+    }
+
+    #[test]
+    fn prune_reaches_target_and_waits_for_max() {
+        let mut text = initial_text();
+        for n in 0..400 {
+            text.push_str(&format!("- update {n}\n  second line {n}\n"));
+        }
+        let doc = MemoryDoc::parse(&text);
+        let limits = MemoryLimits::default();
+        assert!(prune_plan(&doc, limits, false).report.lines_after <= 240);
+        let small =
+            MemoryDoc::parse(&initial_text().replace("## Commands\n", "## Commands\n- x\n- x\n"));
+        let plan = prune_plan(&small, limits, false);
+        assert!(plan.text.is_none(), "under max_lines nothing is pruned");
+        let plan = prune_plan(&small, limits, true);
+        assert_eq!(
+            plan.report.duplicates, 1,
+            "a forced prune still collapses duplicates"
+        );
+    }
+
+    #[test]
+    fn identical_entries_ignoring_timestamp_collapse_to_newest() {
+        let text = "# Persistent Memory\n## Commands\n- cargo test\n## System Updates\n\
+- 2026-11-21T10:00:03Z [main-loop/validation] ok\n\
+- 2026-11-21T10:00:04.123+01:00 [main-loop/validation]   ok\n\
+- 2026-11-21T10:00:05Z [main-loop/validation] failed\n\
+- cargo test\n\
+- 2026-11-21T10:10:03.5Z [main-loop/validation] ok\n\
+- not-a-time [main-loop/validation] ok\n";
+        let doc = MemoryDoc::parse(text);
+        let plan = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 0,
+                target_lines: 100,
+            },
+            true,
+        );
+        assert_eq!(plan.report.duplicates, 2);
+        let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
+        assert_eq!(
+            after.entries(Section::SystemUpdates),
+            [
+                "2026-11-21T10:00:05Z [main-loop/validation] failed",
+                "cargo test",
+                "2026-11-21T10:10:03.5Z [main-loop/validation] ok",
+                "not-a-time [main-loop/validation] ok",
+            ]
+        );
+        // Same text in another section is not a duplicate.
+        assert_eq!(after.entries(Section::Commands), ["cargo test"]);
+        assert_eq!(
+            keys(
+                &plan
+                    .archive
+                    .iter()
+                    .map(|(_, t)| t.clone())
+                    .collect::<Vec<_>>()
+            ),
+            [
+                "2026-11-21T10:00:03Z [main-loop/validation] ok",
+                "2026-11-21T10:00:04.123+01:00 [main-loop/validation] ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn add_formats_entries_and_creates_missing_sections_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .add(&[
+                (Section::SystemUpdates, "- first\nsecond\n\n- nested".into()),
+                (Section::ImplementationPatterns, "pattern".into()),
+                (Section::Commands, "  \n".into()),
+            ])
+            .unwrap();
+        let text = fs::read_to_string(store.memory_path()).unwrap();
+        assert_eq!(
+            text,
+            "# Persistent Memory\n## Implementation Patterns\n- pattern\n## Commands\n## System Updates\n- first\n  second\n\n  - nested\n"
+        );
+        let doc = store.read().unwrap();
+        assert_eq!(
+            doc.entries(Section::SystemUpdates),
+            ["first\nsecond\n\n- nested"]
+        );
+
+        fs::write(
+            store.memory_path(),
+            "# Mine\nintro\n\n## System Updates\n- s\n",
+        )
+        .unwrap();
+        store
+            .add(&[
+                (Section::Commands, "c".into()),
+                (Section::ImplementationPatterns, "p".into()),
+                (Section::SystemUpdates, "s2".into()),
+            ])
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(store.memory_path()).unwrap(),
+            "# Mine\nintro\n\n## Implementation Patterns\n- p\n## Commands\n- c\n## System Updates\n- s\n- s2\n"
+        );
+
+        fs::write(
+            store.memory_path(),
+            "# Mine\n## commands\n- a\n\n```\n- code\n```\n\n## Notes",
+        )
+        .unwrap();
+        store.add(&[(Section::Commands, "b".into())]).unwrap();
+        assert_eq!(
+            fs::read_to_string(store.memory_path()).unwrap(),
+            "# Mine\n## commands\n- a\n\n```\n- code\n```\n- b\n\n## Notes"
+        );
+    }
+
+    #[test]
+    fn add_after_an_html_block_separates_it_with_a_blank_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        fs::write(
+            store.memory_path(),
+            "## Commands\n<div>\nraw\n</div>\n\n## System Updates\n",
+        )
+        .unwrap();
+        store.add(&[(Section::Commands, "c".into())]).unwrap();
+        let doc = store.read().unwrap();
+        assert_eq!(doc.entries(Section::Commands), ["c"]);
+        assert!(
+            doc.render().contains("</div>\n\n- c\n\n## System Updates"),
+            "{:?}",
+            doc.render()
+        );
+    }
+
+    #[test]
+    fn prune_archives_before_replacing_and_archive_parses_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let entries: Vec<(Section, String)> = (0..50)
+            .map(|n| (Section::ALL[n % 3], format!("entry {n}\nwith detail {n}")))
+            .collect();
+        store.add(&entries).unwrap();
+        let before = store.read().unwrap().line_count();
+        let report = store
+            .prune(
+                MemoryLimits {
+                    max_lines: 300,
+                    target_lines: 40,
+                },
+                false,
+            )
+            .unwrap();
+        assert_eq!(report.archived, 0, "not forced and under max_lines");
+        let report = store
+            .prune(
+                MemoryLimits {
+                    max_lines: 300,
+                    target_lines: 40,
+                },
+                true,
+            )
+            .unwrap();
+        assert_eq!(report.lines_before, before);
+        assert!(report.lines_after <= 40);
+        let kept = store.read().unwrap();
+        let archive = fs::read_to_string(store.archive_path()).unwrap();
+        assert!(archive.starts_with("# Persistent Memory Archive\n\n## Pruned "));
+        assert!(archive.contains("### System Updates\n- entry 2\n  with detail 2\n"));
+        let archived = archived_entries(&archive);
+        assert_eq!(archived.len(), report.archived);
+        let mut all: Vec<String> = kept
+            .all_entries()
+            .iter()
+            .map(|e| entry_key(&e.text))
+            .collect();
+        all.extend(keys(&archived));
+        for (_, text) in &entries {
+            assert!(all.contains(&entry_key(text)), "{text} lost");
+        }
+        // A second batch appends under its own heading.
+        store.add(&entries).unwrap();
+        store.prune(MemoryLimits::default(), true).unwrap();
+        let archive = fs::read_to_string(store.archive_path()).unwrap();
+        assert_eq!(archive.matches("\n## Pruned ").count(), 2);
+        assert_eq!(archive.matches("# Persistent Memory Archive").count(), 1);
+    }
+
+    #[test]
+    fn missing_file_reads_as_initial_text_and_prune_leaves_it_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        assert_eq!(store.read().unwrap().render(), initial_text());
+        let report = store.prune(MemoryLimits::default(), true).unwrap();
+        assert_eq!(report, PruneReport::default());
+        assert!(!store.memory_path().exists());
+        assert!(!store.archive_path().exists());
+    }
+
+    fn append_entry_on_first_attempt(memory: &Path, attempt: usize) {
+        if attempt == 0 {
+            let mut text = fs::read_to_string(memory).unwrap();
+            text.push_str("- written by someone else\n");
+            fs::write(memory, text).unwrap();
+        }
+    }
+
+    fn append_entry_always(memory: &Path, attempt: usize) {
+        let mut text = fs::read_to_string(memory).unwrap();
+        text.push_str(&format!("- racing writer {attempt}\n"));
+        fs::write(memory, text).unwrap();
+    }
+
+    #[test]
+    fn change_between_read_and_replace_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let entries: Vec<(Section, String)> = (0..30)
+            .map(|n| (Section::SystemUpdates, format!("u{n}")))
+            .collect();
+        store.add(&entries).unwrap();
+        store.before_replace = Some(append_entry_on_first_attempt);
+        store.add(&[(Section::Commands, "mine".into())]).unwrap();
+        let doc = store.read().unwrap();
+        assert_eq!(doc.entries(Section::Commands), ["mine"]);
+        assert_eq!(
+            doc.entries(Section::SystemUpdates)
+                .last()
+                .map(String::as_str),
+            Some("written by someone else")
+        );
+
+        fs::write(store.memory_path(), initial_text() + "- a\n- b\n- c\n").unwrap();
+        let report = store
+            .prune(
+                MemoryLimits {
+                    max_lines: 0,
+                    target_lines: 4,
+                },
+                true,
+            )
+            .unwrap();
+        let doc = store.read().unwrap();
+        let archived = archived_entries(&fs::read_to_string(store.archive_path()).unwrap());
+        // The restart re-planned from the file that includes the other writer's entry.
+        assert_eq!(doc.line_count(), 4, "{}", doc.render());
+        assert_eq!(report.archived, 4);
+        for text in ["a", "b", "c", "written by someone else"] {
+            assert!(archived.iter().any(|t| t == text), "{text} not archived");
+        }
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_is_an_error_not_a_lost_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        store.add(&[(Section::Commands, "base".into())]).unwrap();
+        store.before_replace = Some(append_entry_always);
+        let error = store
+            .add(&[(Section::Commands, "mine".into())])
+            .unwrap_err();
+        assert!(
+            matches!(error, MemoryError::KeepsChanging { attempts: 5, .. }),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("persistent-memory.md changed during each of 5")
+        );
+        let text = fs::read_to_string(store.memory_path()).unwrap();
+        assert!(!text.contains("mine"));
+        assert!(
+            text.contains("racing writer 4"),
+            "the other writer's edits survive"
+        );
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn stale_temp_files_are_removed_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let stale = dir.path().join(".persistent-memory.md.tmp-1-2");
+        fs::write(&stale, "half").unwrap();
+        store.add(&[(Section::Commands, "c".into())]).unwrap();
+        assert!(!stale.exists());
+        assert!(dir.path().join(".loop-orchestrator/memory.lock").exists());
+    }
+
+    #[test]
+    fn add_and_prune_prunes_only_over_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let limits = MemoryLimits {
+            max_lines: 20,
+            target_lines: 10,
+        };
+        for n in 0..16 {
+            let report = store
+                .add_and_prune(&[(Section::SystemUpdates, format!("u{n}"))], limits)
+                .unwrap();
+            assert_eq!(report.archived, 0);
+            assert_eq!(report.lines_after, 5 + n);
+        }
+        let report = store
+            .add_and_prune(&[(Section::SystemUpdates, "u16".into())], limits)
+            .unwrap();
+        assert_eq!(
+            (report.lines_before, report.lines_after, report.archived),
+            (21, 10, 11)
+        );
+        assert_eq!(
+            store
+                .read()
+                .unwrap()
+                .entries(Section::SystemUpdates)
+                .last()
+                .map(String::as_str),
+            Some("u16")
+        );
+    }
+
+    #[test]
+    fn section_names_parse_loosely() {
+        for (name, section) in [
+            ("System Updates", Section::SystemUpdates),
+            ("system_updates", Section::SystemUpdates),
+            ("implementation-patterns", Section::ImplementationPatterns),
+            ("COMMANDS", Section::Commands),
+        ] {
+            assert_eq!(name.parse::<Section>().unwrap(), section);
+        }
+        let error = "Notes".parse::<Section>().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("unknown memory section \"Notes\"")
+        );
+    }
+
+    #[test]
+    fn entry_key_ignores_layout_and_round_trips_through_the_archive() {
+        let text = "first line\nsecond  line\n\n- nested\n  - deeper";
+        let formatted = format!("## X\n{}", format_entry(text));
+        let back = archived_entries(&formatted);
+        assert_eq!(back, [text]);
+        assert_eq!(entry_key("  a\n  b\t c "), "a b c");
+        assert_eq!(dedupe_key("2026-11-21T10:00:03Z  x  y"), "x y");
+    }
+
+    fn keys(texts: &[String]) -> Vec<String> {
+        texts.iter().map(|t| entry_key(t)).collect()
+    }
+}

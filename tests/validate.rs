@@ -1,0 +1,156 @@
+//! Bad input: every class exits 2 with file:line:column, and nothing runs.
+
+mod common;
+
+use common::{Instance, text};
+
+const GOOD_MODE: &str = "+++\ncommand = [\"true\"]\n+++\n# a\n";
+
+fn instance(schedules_json: &str) -> Instance {
+    let inst = Instance {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    inst.write("schedules.json", schedules_json);
+    inst.write("modes/a.md", GOOD_MODE);
+    inst
+}
+
+/// Runs `validate` and `run-cycle`: both exit 2, print `expected`, and no row is written.
+fn assert_rejected(inst: &Instance, expected: &str) {
+    for command in ["validate", "run-cycle"] {
+        let out = inst.run(&[command]);
+        assert_eq!(out.status.code(), Some(2), "{command}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{command}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!inst.path().join("task_timing.tsv").exists(), "nothing ran");
+}
+
+fn with_schedule(entry: &str) -> String {
+    format!("{{\n  \"version\": 1,\n  \"schedules\": [\n    {entry}\n  ]\n}}\n")
+}
+
+#[test]
+fn invalid_json() {
+    assert_rejected(
+        &instance(
+            "{\n  \"version\": 1,\n  \"schedules\": [\n    { \"id\": \"x\" \"task\": \"t\" }\n  ]\n}\n",
+        ),
+        "schedules.json:4:17: invalid JSON",
+    );
+}
+
+#[test]
+fn unknown_field() {
+    assert_rejected(
+        &instance(&with_schedule(
+            r#"{ "id": "x", "task": "t", "modes": ["a"], "crn": "* * * * *" }"#,
+        )),
+        "schedules.json:4:47: unknown field \"crn\" (expected one of: id, task, cron,",
+    );
+}
+
+#[test]
+fn duplicate_id() {
+    let json = "{\n  \"version\": 1,\n  \"schedules\": [\n    { \"id\": \"x\", \"task\": \"t\", \"modes\": [\"a\"] },\n    { \"id\": \"x\", \"task\": \"t\", \"modes\": [\"a\"] }\n  ]\n}\n";
+    assert_rejected(
+        &instance(json),
+        "schedules.json:5:13: duplicate id \"x\" (first used on line 4)",
+    );
+}
+
+#[test]
+fn unknown_mode() {
+    assert_rejected(
+        &instance(&with_schedule(
+            r#"{ "id": "x", "task": "t", "modes": ["a", "nope"] }"#,
+        )),
+        "schedules.json:4:46: unknown mode \"nope\" (expected one of: a;",
+    );
+}
+
+#[test]
+fn bad_cron() {
+    assert_rejected(
+        &instance(&with_schedule(
+            r#"{ "id": "x", "task": "t", "modes": ["a"], "cron": "61 * * * *" }"#,
+        )),
+        "schedules.json:4:55: \"cron\":",
+    );
+}
+
+#[test]
+fn bad_time_zone() {
+    assert_rejected(
+        &instance(&with_schedule(
+            r#"{ "id": "x", "task": "t", "modes": ["a"], "timezone": "Europe/Berln" }"#,
+        )),
+        "schedules.json:4:59: \"timezone\":",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_rejected(
+        &instance(&with_schedule(
+            r#"{ "id": "x", "task": "t", "modes": ["a"], "timeout": "ten minutes" }"#,
+        )),
+        "schedules.json:4:58: \"timeout\": bad duration \"ten minutes\"",
+    );
+}
+
+#[test]
+fn front_matter_missing() {
+    let inst = instance(&with_schedule(
+        r#"{ "id": "x", "task": "t", "modes": ["a"] }"#,
+    ));
+    inst.write("modes/a.md", "# A mode without front matter\n");
+    assert_rejected(&inst, "modes/a.md:1:1: missing front matter");
+}
+
+#[test]
+fn front_matter_broken() {
+    let inst = instance(&with_schedule(
+        r#"{ "id": "x", "task": "t", "modes": ["a"] }"#,
+    ));
+    inst.write(
+        "modes/a.md",
+        "+++\ncommand = [\"true\"\nprompt = \"stdin\"\n+++\n",
+    );
+    assert_rejected(&inst, "modes/a.md:3:");
+    inst.write(
+        "modes/a.md",
+        "+++\ncommand = [\"true\"]\ntimout = \"1m\"\n+++\n",
+    );
+    assert_rejected(
+        &inst,
+        "modes/a.md:3:1: front matter: unknown field `timout`",
+    );
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let json = "{\n  \"version\": 1,\n  \"schedules\": [\n    { \"id\": \"x\", \"task\": \"t\", \"modes\": [\"a\"], \"cron\": \"bad\" },\n    { \"id\": \"y\", \"task\": \"t\", \"modes\": [\"zzz\"] }\n  ]\n}\n";
+    let inst = instance(json);
+    inst.write("modes/b.md", "no front matter\n");
+    let out = inst.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("schedules.json:4:"), "{stderr}");
+    assert!(stderr.contains("schedules.json:5:"), "{stderr}");
+    assert!(stderr.contains("modes/b.md:1:1:"), "{stderr}");
+    assert!(stderr.contains("3 problems found"), "{stderr}");
+}
+
+#[test]
+fn valid_instance_passes() {
+    let inst = instance(&with_schedule(
+        r#"{ "id": "x", "task": "t", "modes": ["a"] }"#,
+    ));
+    let out = inst.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 1 schedule(s), 1 mode(s)"));
+}
