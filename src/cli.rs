@@ -377,6 +377,8 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
                     Priority::Schedule
                 },
                 todo_item: todo_item.clone(),
+                dispatched_at: None,
+                note: None,
             };
             let outcome = cycle::run(spec, cancel.clone(), print_mode).await;
             drop(guard);

@@ -286,7 +286,15 @@ pub fn parse_schedules(
                 false,
             );
         }
-        let schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir, line);
+        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir, line);
+        // serde_json's maps are sorted, so this text is canonical.
+        schedule.fingerprint = format!(
+            "{entry}|{}|{}",
+            file.defaults
+                .as_ref()
+                .map_or(String::new(), Value::to_string),
+            timezone.name()
+        );
         let modes_path = if fields.modes.is_some() {
             with("modes")
         } else {

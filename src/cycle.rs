@@ -46,6 +46,11 @@ pub struct CycleSpec {
     pub priority: Priority,
     /// A TODO item run with `run-cycle --todo N`: its text replaces the schedule's task.
     pub todo_item: Option<TodoItem>,
+    /// When the service dispatched the fire: the cycle row's `started_at`, so fire lateness
+    /// is read off the file even when the cycle waited for a free slot. `None`: now.
+    pub dispatched_at: Option<DateTime<Utc>>,
+    /// Said first in the cycle row's note (e.g. the jitter applied).
+    pub note: Option<String>,
 }
 
 /// What one mode did, for progress output.
@@ -87,7 +92,7 @@ pub async fn run(
     cancel: CancellationToken,
     mut progress: impl FnMut(&ModeReport),
 ) -> Result<CycleOutcome, CycleError> {
-    let started = Utc::now();
+    let started = spec.dispatched_at.unwrap_or_else(Utc::now);
     let dir = spec.dir.clone();
     let (cycle, run_dir) = new_run_dir(&dir, &spec.schedule.id, started)?;
     let timing = TimingFile::new(dir.join(TIMING_FILE));
@@ -375,7 +380,11 @@ pub async fn run(
     } else {
         stopped_by.as_ref().map_or(Status::Ok, |(_, s)| *s)
     };
-    let mut note = counts.describe();
+    let mut note = spec
+        .note
+        .as_ref()
+        .map_or(String::new(), |n| format!("{n}; "));
+    note.push_str(&counts.describe());
     if let Some((mode, s)) = &stopped_by {
         note.push_str(&format!("; stopped by {mode} ({s})"));
     }

@@ -115,6 +115,10 @@ pub struct Schedule {
     pub cwd: PathBuf,
     /// 1-based line of the entry in schedules.json, for messages.
     pub line: usize,
+    /// The entry and the defaults as canonical JSON: equal exactly when the entry's effect is
+    /// equal. A reload reschedules a schedule whose fingerprint changed, and an escalation
+    /// lasts until it does.
+    pub fingerprint: String,
 }
 
 impl Schedule {
@@ -167,6 +171,7 @@ impl Schedule {
             env,
             cwd,
             line,
+            fingerprint: String::new(),
         }
     }
 }

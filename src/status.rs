@@ -32,6 +32,8 @@ pub struct Report {
 pub struct Service {
     pub running: bool,
     pub pid: Option<String>,
+    /// The result of the running service's last reload.
+    pub last_reload: Option<crate::state::ReloadResult>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,6 +48,8 @@ pub struct ScheduleStatus {
     pub last_cycle: Option<LastCycle>,
     pub failure_streak: u32,
     pub max_failures: u32,
+    /// Paused after `max_failures` failed cycles, until its entry changes or `resume`.
+    pub escalated: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +95,7 @@ pub fn failure_streak<'a>(cycle_rows: impl DoubleEndedIterator<Item = &'a Row>) 
 }
 
 pub fn report(dir: &Path, now: DateTime<Utc>) -> Report {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let (config, problems): (Option<Config>, Vec<Problem>) = match Config::load(dir) {
         Ok(config) => (Some(config), Vec::new()),
         Err(problems) => (None, problems.0),
@@ -148,6 +153,8 @@ pub fn report(dir: &Path, now: DateTime<Utc>) -> Report {
                         }),
                         failure_streak: failure_streak(history.iter().copied()),
                         max_failures: s.max_failures,
+                        escalated: crate::state::escalation(dir, &s.id)
+                            .is_some_and(|e| e.fingerprint == s.fingerprint),
                     }
                 })
                 .collect()
@@ -195,6 +202,21 @@ pub fn render(report: &Report, now: DateTime<Utc>) -> String {
         Some(pid) => writeln!(out, "service   running (pid {pid})"),
         None => writeln!(out, "service   not running"),
     };
+    if let Some(reload) = &report.service.last_reload {
+        let when = reload.at.format("%Y-%m-%d %H:%M:%S UTC");
+        if reload.ok {
+            let _ = writeln!(out, "reload    ok at {when} ({})", reload.trigger);
+        } else {
+            let _ = writeln!(
+                out,
+                "reload    REJECTED at {when} ({}); the last good configuration runs:",
+                reload.trigger
+            );
+            for p in &reload.problems {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+    }
     if !report.config_problems.is_empty() {
         let _ = writeln!(
             out,
@@ -207,7 +229,12 @@ pub fn render(report: &Report, now: DateTime<Utc>) -> String {
     }
     let _ = writeln!(out);
     for s in &report.schedules {
-        let state = if !s.enabled {
+        let state = if s.escalated {
+            format!(
+                "ESCALATED: paused until its entry changes or `resume {}`",
+                s.id
+            )
+        } else if !s.enabled {
             "disabled".to_string()
         } else if let Some(pid) = &s.running {
             format!("running (pid {pid})")

@@ -1,10 +1,919 @@
-//! The service: placeholder until the supervisor lands.
-use std::path::Path;
-pub fn serve(_dir: &Path) -> u8 {
-    eprintln!("serve: not available in this build yet");
-    2
+//! The service (`serve`): fires every enabled schedule on its cron instants, reloads on edits
+//! and SIGHUP, escalates failing schedules, and stops cleanly.
+//!
+//! Rules:
+//! - One service per directory: the service lock is held for the whole run.
+//! - The timer is a deadline timer ([`WallTimer`]): the loop sleeps until the earliest due
+//!   instant and nothing else; every due instant is dispatched once. `started_at` of a cycle is
+//!   the moment it was dispatched, so lateness is `started_at - scheduled_at`.
+//! - A fire while the schedule's previous cycle runs follows `overlap`: `skip` writes a
+//!   `skipped` cycle row, `queue` runs once after (further fires meanwhile are skipped),
+//!   `parallel` runs alongside. The per-schedule lock is the one `run-cycle` takes, so this holds
+//!   across processes too. At most `max_concurrent_cycles` cycles run; the rest wait in due order.
+//! - A reload keeps the last good configuration when the new one is invalid; unchanged
+//!   schedules keep their next instant, changed ones are rescheduled from now, removed ones stop
+//!   firing while their running cycles finish.
+//! - After `max_failures` consecutive failed cycles a schedule escalates: an `escalated` row, a
+//!   System Updates entry, `on_escalate` run once, and no fires until its entry changes or
+//!   `resume ID`.
+//! - SIGTERM/SIGINT: no new fires; running cycles get `shutdown_grace`, then their modes are
+//!   terminated (TERM, then KILL after `kill_grace`) and recorded `interrupted`. A second
+//!   SIGINT stops at once.
+//! - Fires that never started (waiting for a slot or their jitter when the service stopped)
+//!   get an `interrupted` cycle row, so every dispatched instant has exactly one cycle row.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{EXIT_FAILED, EXIT_INVALID, EXIT_OK};
+use crate::config::{Config, Problems};
+use crate::cycle::{self, CycleSpec, TIMING_FILE};
+use crate::duration::short;
+use crate::lock::{LockError, LockFile, STATE_DIR};
+use crate::memory::Section;
+use crate::notify::{self, Notifier};
+use crate::runner::{self, PromptDelivery, RunSpec};
+use crate::schedule::{Overlap, Schedule};
+use crate::state::{self, Escalation, ReloadResult, ServiceState};
+use crate::status::failure_streak;
+use crate::timer::{Wake, WallTimer};
+use crate::timing::{Priority, Status, TimingFile};
+use crate::watch::Watcher;
+
+/// When more instants of one schedule are due at once than this (a forward clock jump, a
+/// suspended machine), the schedule fires once, for the first of them, and resumes from now.
+const MAX_BACKLOG: usize = 60;
+/// How long the watcher waits for a burst of file events to end before reloading.
+const RELOAD_BATCH: Duration = Duration::from_millis(100);
+const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn serve(dir: &Path) -> u8 {
+    let dir = match std::path::absolute(dir) {
+        Ok(dir) => dir,
+        Err(err) => {
+            eprintln!("serve: {}: {err}", dir.display());
+            return EXIT_INVALID;
+        }
+    };
+    let mut service_lock = match LockFile::service(&dir) {
+        Ok(lock) => lock,
+        Err(err) => {
+            eprintln!("serve: {err}");
+            return EXIT_FAILED;
+        }
+    };
+    let _service = match service_lock.try_exclusive() {
+        Ok(guard) => guard,
+        Err(LockError::Held { pid, .. }) => {
+            eprintln!(
+                "serve: a service already runs on {} (pid {pid})",
+                dir.display()
+            );
+            return EXIT_INVALID;
+        }
+        Err(err) => {
+            eprintln!("serve: {err}");
+            return EXIT_FAILED;
+        }
+    };
+    let config = match Config::load(&dir) {
+        Ok(config) => config,
+        Err(Problems(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("serve: {} problem(s); nothing started", problems.len());
+            return EXIT_INVALID;
+        }
+    };
+    let rt = crate::cli::runtime();
+    let code = rt.block_on(async move {
+        match Supervisor::new(dir, config) {
+            Ok((supervisor, parts)) => supervisor.run(parts).await,
+            Err(err) => {
+                eprintln!("serve: {err}");
+                EXIT_FAILED
+            }
+        }
+    });
+    // Dropping the runtime drops what still runs; the runner's guards kill their groups.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }
-pub fn resume(_dir: &Path, _id: &str) -> u8 {
-    eprintln!("resume: not available in this build yet");
-    2
+
+/// `resume ID`: lifts an escalation, and tells a running service to re-read it.
+pub fn resume(dir: &Path, id: &str) -> u8 {
+    if let Ok(config) = Config::load(dir) {
+        if config.schedule(id).is_none() {
+            let ids: Vec<&str> = config.schedules.iter().map(|s| s.id.as_str()).collect();
+            eprintln!(
+                "schedules.json has no schedule {id:?} (expected one of: {})",
+                ids.join(", ")
+            );
+            return EXIT_INVALID;
+        }
+    }
+    if !state::clear_escalation(dir, id) {
+        println!("{id}: not escalated; nothing to resume");
+        return EXIT_OK;
+    }
+    let entry = format!(
+        "{} [{id}] resumed by `resume`",
+        Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+    );
+    if let Err(err) = cycle::memory_store(dir).add(&[(Section::SystemUpdates, entry)]) {
+        eprintln!("warning: memory entry not written: {err}");
+    }
+    if let Some(pid) = LockFile::service(dir).ok().and_then(|mut l| l.probe()) {
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+            println!("{id}: resumed; the service (pid {pid}) fires it again from its next instant");
+            return EXIT_OK;
+        }
+    }
+    println!("{id}: resumed; no service runs on this directory");
+    EXIT_OK
+}
+
+/// A schedule as the service tracks it.
+struct Entry {
+    schedule: Schedule,
+    /// The next instant to fire; `None` when disabled, escalated or exhausted.
+    next: Option<DateTime<Utc>>,
+    /// Cycles dispatched and not yet done (waiting for a slot included).
+    running: usize,
+    /// An instant waiting for the running cycle to end (`overlap = "queue"`).
+    queued: Option<DateTime<Utc>>,
+    /// Consecutive failed cycles.
+    streak: u32,
+    escalated: bool,
+}
+
+impl Entry {
+    fn arm(&mut self, from: DateTime<Utc>) {
+        self.next = if self.schedule.enabled && !self.escalated {
+            self.schedule.cron.next_after(from, self.schedule.timezone)
+        } else {
+            None
+        };
+    }
+}
+
+/// A cycle task's report back to the loop.
+struct Done {
+    id: String,
+    status: Option<Status>,
+}
+
+/// Sends a [`Done`] when dropped, so a task that panics or is cut short still frees its slot in
+/// the loop's books.
+struct DoneGuard {
+    tx: mpsc::UnboundedSender<Done>,
+    id: String,
+    status: Option<Status>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Done {
+            id: std::mem::take(&mut self.id),
+            status: self.status,
+        });
+    }
+}
+
+/// What the loop owns outside the supervisor, so `select!` can borrow them apart from it.
+struct Parts {
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    timer: WallTimer,
+}
+
+struct Supervisor {
+    dir: PathBuf,
+    config: Arc<Config>,
+    entries: BTreeMap<String, Entry>,
+    slots: Arc<Semaphore>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    /// Cancelled at the first stop signal: nothing new starts.
+    stopping: CancellationToken,
+    /// Cancelled when the grace is over: running modes are terminated.
+    cancel: CancellationToken,
+    notifier: Notifier,
+    started_at: DateTime<Utc>,
+    last_reload: Option<ReloadResult>,
+}
+
+enum Step {
+    Stop(&'static str),
+    Reload(String),
+    Done(Done),
+    Due(std::io::Result<Wake>),
+    Watchdog,
+}
+
+impl Supervisor {
+    fn new(dir: PathBuf, config: Config) -> std::io::Result<(Supervisor, Parts)> {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let now = Utc::now();
+        let rows = TimingFile::new(dir.join(TIMING_FILE))
+            .read()
+            .map(|log| log.rows)
+            .unwrap_or_default();
+        let mut entries = BTreeMap::new();
+        for schedule in &config.schedules {
+            let history: Vec<_> = rows
+                .iter()
+                .filter(|r| r.mode == "cycle" && r.schedule == schedule.id)
+                .collect();
+            let escalated = match state::escalation(&dir, &schedule.id) {
+                Some(e) if e.fingerprint == schedule.fingerprint => true,
+                Some(_) => {
+                    state::clear_escalation(&dir, &schedule.id);
+                    tracing::info!(schedule = %schedule.id, "escalation lifted: the entry changed");
+                    false
+                }
+                None => false,
+            };
+            let mut entry = Entry {
+                schedule: schedule.clone(),
+                next: None,
+                running: 0,
+                queued: None,
+                streak: failure_streak(history.iter().copied()),
+                escalated,
+            };
+            entry.arm(now);
+            entries.insert(schedule.id.clone(), entry);
+        }
+        let supervisor = Supervisor {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
+            config: Arc::new(config),
+            dir,
+            entries,
+            done_tx,
+            stopping: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            notifier: Notifier::from_env(),
+            started_at: now,
+            last_reload: None,
+        };
+        Ok((
+            supervisor,
+            Parts {
+                done_rx,
+                timer: WallTimer::new()?,
+            },
+        ))
+    }
+
+    async fn run(mut self, mut parts: Parts) -> u8 {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            eprintln!("serve: cannot install signal handlers");
+            return EXIT_FAILED;
+        };
+        let mut watcher = match Watcher::new(&self.dir, RELOAD_BATCH) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the directory; reload with SIGHUP");
+                None
+            }
+        };
+        let watchdog = notify::watchdog_interval();
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3_600)));
+        self.write_state();
+        tracing::info!(dir = %self.dir.display(), schedules = self.entries.len(), "serving");
+        self.catch_up(&rows_of(&self.dir));
+        self.notify(self.notifier.ready(&self.status_line()));
+
+        let signal_name = loop {
+            let due = self.entries.values().filter_map(|e| e.next).min();
+            if let Err(err) = parts.timer.arm(due) {
+                tracing::error!(error = %err, "cannot arm the timer");
+            }
+            let step = tokio::select! {
+                _ = term.recv() => Step::Stop("SIGTERM"),
+                _ = int.recv() => Step::Stop("SIGINT"),
+                _ = hup.recv() => Step::Reload("SIGHUP".into()),
+                paths = next_change(&mut watcher) => Step::Reload(describe_paths(&self.dir, &paths)),
+                Some(done) = parts.done_rx.recv() => Step::Done(done),
+                wake = parts.timer.wait(), if due.is_some() => Step::Due(wake),
+                _ = watchdog_tick.tick(), if watchdog.is_some() => Step::Watchdog,
+            };
+            match step {
+                Step::Stop(name) => break name,
+                Step::Reload(trigger) => self.reload(&trigger),
+                Step::Done(done) => self.on_done(done),
+                Step::Due(wake) => {
+                    match wake {
+                        Ok(Wake::ClockChanged) => {
+                            tracing::warn!("the system clock was set; re-reading it")
+                        }
+                        Err(err) => tracing::error!(error = %err, "timer failed"),
+                        Ok(Wake::Due) => {}
+                    }
+                    self.dispatch_due();
+                }
+                Step::Watchdog => self.notify(self.notifier.watchdog()),
+            }
+        };
+        self.shutdown(signal_name, &mut parts, &mut int).await
+    }
+
+    /// Fires every instant that is due now.
+    fn dispatch_due(&mut self) {
+        let now = Utc::now();
+        let due_ids: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.next.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due_ids {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let mut instants = Vec::new();
+            let mut at = entry.next;
+            while let Some(t) = at.filter(|t| *t <= now) {
+                instants.push(t);
+                if instants.len() > MAX_BACKLOG {
+                    tracing::warn!(
+                        schedule = %id,
+                        first = %instants[0],
+                        "more than {MAX_BACKLOG} instants due at once (the clock jumped or the service was stopped); firing the first once and resuming from now"
+                    );
+                    instants.truncate(1);
+                    at = entry.schedule.cron.next_after(now, entry.schedule.timezone);
+                    break;
+                }
+                at = entry.schedule.cron.next_after(t, entry.schedule.timezone);
+            }
+            entry.next = at;
+            for instant in instants {
+                self.fire(&id, instant, now);
+            }
+        }
+    }
+
+    /// One fire of a schedule: run, queue or skip it.
+    fn fire(&mut self, id: &str, instant: DateTime<Utc>, dispatched_at: DateTime<Utc>) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if entry.running > 0 {
+            match entry.schedule.overlap {
+                Overlap::Skip => {
+                    tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: the previous cycle still runs");
+                    record_row(
+                        &self.dir,
+                        &entry.schedule,
+                        instant,
+                        Status::Skipped,
+                        "overlap skip: the previous cycle still runs",
+                    );
+                    return;
+                }
+                Overlap::Queue if entry.queued.is_some() => {
+                    tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: a cycle is already queued");
+                    record_row(
+                        &self.dir,
+                        &entry.schedule,
+                        instant,
+                        Status::Skipped,
+                        "overlap queue: a cycle is already queued",
+                    );
+                    return;
+                }
+                Overlap::Queue => {
+                    tracing::info!(schedule = %id, scheduled_at = %instant, "queued behind the running cycle");
+                    entry.queued = Some(instant);
+                    return;
+                }
+                Overlap::Parallel => {}
+            }
+        }
+        entry.running += 1;
+        let schedule = entry.schedule.clone();
+        let modes = schedule
+            .modes
+            .iter()
+            .filter_map(|m| self.config.modes.get(m).cloned())
+            .collect();
+        let jitter = if schedule.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(rand::random_range(0..=schedule.jitter.as_millis() as u64))
+        };
+        let spec = CycleSpec {
+            dir: self.dir.clone(),
+            schedule,
+            modes,
+            memory: self.config.memory,
+            scheduled_at: Some(instant),
+            priority: Priority::Schedule,
+            todo_item: None,
+            dispatched_at: Some(dispatched_at),
+            note: (!jitter.is_zero()).then(|| format!("jitter {}", short(jitter))),
+        };
+        tracing::info!(schedule = %id, scheduled_at = %instant, late_ms = (dispatched_at - instant).num_milliseconds(), "fired");
+        let guard = DoneGuard {
+            tx: self.done_tx.clone(),
+            id: id.to_string(),
+            status: None,
+        };
+        tokio::spawn(run_fire(
+            spec,
+            jitter,
+            self.slots.clone(),
+            self.stopping.clone(),
+            self.cancel.clone(),
+            guard,
+        ));
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Some(entry) = self.entries.get_mut(&done.id) else {
+            return;
+        };
+        entry.running = entry.running.saturating_sub(1);
+        match done.status {
+            Some(Status::Failed | Status::Timeout | Status::Blocked) => entry.streak += 1,
+            Some(Status::Ok) => entry.streak = 0,
+            _ => {}
+        }
+        if entry.streak >= entry.schedule.max_failures && !entry.escalated {
+            self.escalate(&done.id);
+        }
+        let Some(entry) = self.entries.get_mut(&done.id) else {
+            return;
+        };
+        if let Some(instant) = entry.queued.take() {
+            if !entry.escalated && !self.stopping.is_cancelled() {
+                self.fire(&done.id, instant, Utc::now());
+            }
+        }
+    }
+
+    fn escalate(&mut self, id: &str) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        let failures = entry.streak;
+        entry.escalated = true;
+        entry.next = None;
+        entry.queued = None;
+        entry.streak = 0;
+        let schedule = entry.schedule.clone();
+        tracing::warn!(schedule = %id, failures, "escalated: paused until its entry changes or `resume {id}`");
+        let marker = Escalation {
+            at: Utc::now(),
+            failures,
+            fingerprint: schedule.fingerprint.clone(),
+        };
+        if let Err(err) = state::mark_escalated(&self.dir, id, &marker) {
+            tracing::error!(schedule = %id, error = %err, "cannot record the escalation");
+        }
+        let note = format!(
+            "{failures} consecutive failed cycles; paused until its entry changes or `resume {id}`"
+        );
+        let dir = self.dir.clone();
+        let (row_schedule, row_note) = (schedule.clone(), note.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) =
+                cycle::record_cycle_row(&dir, &row_schedule, None, Status::Escalated, &row_note)
+            {
+                tracing::error!(error = %err, "escalated row not written");
+            }
+            let entry = format!(
+                "{} [{}] escalated: {row_note}",
+                Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                row_schedule.id
+            );
+            if let Err(err) = cycle::memory_store(&dir).add(&[(Section::SystemUpdates, entry)]) {
+                tracing::error!(error = %err, "escalation memory entry not written");
+            }
+        });
+        if let Some(argv) = schedule.on_escalate.clone() {
+            tokio::spawn(run_on_escalate(
+                self.dir.clone(),
+                schedule,
+                argv,
+                failures,
+                self.cancel.clone(),
+            ));
+        }
+    }
+
+    fn reload(&mut self, trigger: &str) {
+        self.notify(self.notifier.reloading());
+        let now = Utc::now();
+        match Config::load(&self.dir) {
+            Ok(config) => {
+                let (mut added, mut changed, mut resumed) = (0, 0, 0);
+                let mut next_entries = BTreeMap::new();
+                for schedule in &config.schedules {
+                    match self.entries.remove(&schedule.id) {
+                        Some(mut entry) if entry.schedule.fingerprint == schedule.fingerprint => {
+                            entry.schedule = schedule.clone();
+                            if entry.escalated
+                                && state::escalation(&self.dir, &schedule.id).is_none()
+                            {
+                                entry.escalated = false;
+                                entry.arm(now);
+                                resumed += 1;
+                                tracing::info!(schedule = %schedule.id, "resumed");
+                            }
+                            next_entries.insert(schedule.id.clone(), entry);
+                        }
+                        Some(mut entry) => {
+                            if entry.escalated {
+                                state::clear_escalation(&self.dir, &schedule.id);
+                                entry.escalated = false;
+                                entry.streak = 0;
+                                tracing::info!(schedule = %schedule.id, "escalation lifted: the entry changed");
+                            }
+                            entry.schedule = schedule.clone();
+                            entry.arm(now);
+                            changed += 1;
+                            tracing::info!(schedule = %schedule.id, next = ?entry.next, "rescheduled");
+                            next_entries.insert(schedule.id.clone(), entry);
+                        }
+                        None => {
+                            let escalated = state::escalation(&self.dir, &schedule.id)
+                                .is_some_and(|e| e.fingerprint == schedule.fingerprint);
+                            let mut entry = Entry {
+                                schedule: schedule.clone(),
+                                next: None,
+                                running: 0,
+                                queued: None,
+                                streak: 0,
+                                escalated,
+                            };
+                            entry.arm(now);
+                            added += 1;
+                            tracing::info!(schedule = %schedule.id, next = ?entry.next, "added");
+                            next_entries.insert(schedule.id.clone(), entry);
+                        }
+                    }
+                }
+                for id in self.entries.keys() {
+                    tracing::info!(schedule = %id, "removed: no more fires; a running cycle finishes");
+                }
+                let removed = self.entries.len();
+                self.entries = next_entries;
+                if config.max_concurrent_cycles != self.config.max_concurrent_cycles {
+                    // Running cycles keep their permits of the old pool; new fires use the new one.
+                    self.slots = Arc::new(Semaphore::new(config.max_concurrent_cycles));
+                }
+                self.config = Arc::new(config);
+                tracing::info!(
+                    trigger,
+                    added,
+                    changed,
+                    removed,
+                    resumed,
+                    schedules = self.entries.len(),
+                    "reloaded"
+                );
+                self.last_reload = Some(ReloadResult {
+                    at: now,
+                    trigger: trigger.to_string(),
+                    ok: true,
+                    problems: Vec::new(),
+                });
+            }
+            Err(Problems(problems)) => {
+                for p in &problems {
+                    tracing::error!(trigger, "{p}");
+                }
+                tracing::error!(
+                    trigger,
+                    problems = problems.len(),
+                    "reload rejected; the last good configuration keeps running"
+                );
+                self.last_reload = Some(ReloadResult {
+                    at: now,
+                    trigger: trigger.to_string(),
+                    ok: false,
+                    problems: problems.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+        self.write_state();
+        self.notify(self.notifier.ready(&self.status_line()));
+    }
+
+    /// `catch_up = true`: the last instant missed while the service was down runs once.
+    fn catch_up(&mut self, rows: &[crate::timing::Row]) {
+        let now = Utc::now();
+        let ids: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.schedule.catch_up && e.next.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let entry = &self.entries[&id];
+            let last = rows
+                .iter()
+                .filter(|r| r.schedule == id && r.mode == "cycle")
+                .filter_map(|r| r.scheduled_at)
+                .max();
+            let Some(last) = last else { continue };
+            // Walk from the last recorded instant to now; the final one is the missed fire.
+            let mut missed = None;
+            for t in entry
+                .schedule
+                .cron
+                .iter_after(last, entry.schedule.timezone)
+                .take(1_000_000)
+            {
+                if t > now {
+                    break;
+                }
+                missed = Some(t);
+            }
+            if let Some(instant) = missed {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "catch-up: firing the instant missed while the service was down");
+                self.fire(&id, instant, now);
+            }
+        }
+    }
+
+    async fn shutdown(
+        mut self,
+        signal_name: &str,
+        parts: &mut Parts,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> u8 {
+        self.stopping.cancel();
+        self.notify(self.notifier.stopping());
+        let grace = self.config.shutdown_grace;
+        tracing::info!(signal = signal_name, running = self.running(), grace = %short(grace), "stopping: no new fires");
+        for entry in self.entries.values_mut() {
+            entry.queued = None;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut forced = false;
+        while self.running() > 0 {
+            tokio::select! {
+                Some(done) = parts.done_rx.recv() => self.count_done(done),
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = int.recv() => { forced = true; break; }
+            }
+        }
+        if self.running() > 0 {
+            tracing::warn!(
+                running = self.running(),
+                "grace over: terminating the running modes"
+            );
+            self.cancel.cancel();
+            let longest_grace = self
+                .config
+                .modes
+                .values()
+                .map(|m| m.kill_grace)
+                .max()
+                .unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + longest_grace + Duration::from_secs(5);
+            while !forced && self.running() > 0 {
+                tokio::select! {
+                    Some(done) = parts.done_rx.recv() => self.count_done(done),
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = int.recv() => forced = true,
+                }
+            }
+        }
+        if forced {
+            tracing::warn!(running = self.running(), "second SIGINT: stopping at once");
+            self.cancel.cancel();
+        }
+        tracing::info!(left = self.running(), "stopped");
+        EXIT_OK
+    }
+
+    fn count_done(&mut self, done: Done) {
+        if let Some(entry) = self.entries.get_mut(&done.id) {
+            entry.running = entry.running.saturating_sub(1);
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.entries.values().map(|e| e.running).sum()
+    }
+
+    fn status_line(&self) -> String {
+        let armed = self.entries.values().filter(|e| e.next.is_some()).count();
+        let next = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| e.next.map(|t| (t, id)))
+            .min();
+        let mut line = format!("{} schedules ({armed} armed)", self.entries.len());
+        if let Some((at, id)) = next {
+            line.push_str(&format!(
+                "; next {id} at {}",
+                at.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
+        }
+        if matches!(&self.last_reload, Some(r) if !r.ok) {
+            line.push_str("; last reload rejected (see `status`)");
+        }
+        line
+    }
+
+    fn write_state(&self) {
+        let state = ServiceState {
+            pid: std::process::id(),
+            started_at: self.started_at,
+            reload: self.last_reload.clone(),
+        };
+        if let Err(err) = state::write_service(&self.dir, &state) {
+            tracing::warn!(error = %err, "cannot write the service state");
+        }
+    }
+
+    fn notify(&self, result: std::io::Result<()>) {
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "sd_notify failed");
+        }
+    }
+}
+
+/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
+async fn run_fire(
+    spec: CycleSpec,
+    jitter: Duration,
+    slots: Arc<Semaphore>,
+    stopping: CancellationToken,
+    cancel: CancellationToken,
+    mut done: DoneGuard,
+) {
+    let instant = spec.scheduled_at.unwrap_or_else(Utc::now);
+    let not_started = |spec: &CycleSpec, why: &str| {
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "not started: {why}");
+        record_row(
+            &spec.dir,
+            &spec.schedule,
+            instant,
+            Status::Interrupted,
+            &format!("not started: {why}"),
+        );
+    };
+    if !jitter.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(jitter) => {}
+            () = stopping.cancelled() => return not_started(&spec, "the service stopped during the jitter"),
+        }
+    }
+    let _permit = tokio::select! {
+        permit = slots.acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return not_started(&spec, "the slot pool closed"),
+        },
+        () = stopping.cancelled() => return not_started(&spec, "the service stopped while it waited for a slot"),
+    };
+    if stopping.is_cancelled() {
+        return not_started(&spec, "the service is stopping");
+    }
+    let mut lock = match LockFile::schedule(&spec.dir, &spec.schedule.id) {
+        Ok(lock) => lock,
+        Err(err) => {
+            tracing::error!(schedule = %spec.schedule.id, error = %err, "cannot open the schedule lock");
+            done.status = Some(Status::Failed);
+            return;
+        }
+    };
+    let parallel = spec.schedule.overlap == Overlap::Parallel;
+    if spec.schedule.overlap == Overlap::Queue {
+        // Another process (a `run-cycle`) holds the schedule: wait for it, as `queue` says.
+        while lock.probe().is_some() {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                () = stopping.cancelled() => return not_started(&spec, "the service stopped while the schedule was busy"),
+            }
+        }
+    }
+    let held = match lock.try_cycle(parallel) {
+        Ok(held) => held,
+        Err(LockError::Held { pid, .. }) => {
+            let note = format!(
+                "overlap {}: a cycle of this schedule runs in pid {pid}",
+                spec.schedule.overlap
+            );
+            tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
+            record_row(&spec.dir, &spec.schedule, instant, Status::Skipped, &note);
+            done.status = Some(Status::Skipped);
+            return;
+        }
+        Err(err) => {
+            tracing::error!(schedule = %spec.schedule.id, error = %err, "cannot take the schedule lock");
+            done.status = Some(Status::Failed);
+            return;
+        }
+    };
+    let id = spec.schedule.id.clone();
+    match cycle::run(spec, cancel, |_| {}).await {
+        Ok(outcome) => done.status = Some(outcome.status),
+        Err(err) => {
+            tracing::error!(schedule = %id, error = %err, "cycle failed to record");
+            done.status = Some(Status::Failed);
+        }
+    }
+    drop(held);
+}
+
+/// Runs a schedule's `on_escalate` argv once, in its own process group, with a time limit.
+async fn run_on_escalate(
+    dir: PathBuf,
+    schedule: Schedule,
+    argv: Vec<String>,
+    failures: u32,
+    cancel: CancellationToken,
+) {
+    let program = argv[0].clone();
+    let Ok(resolved) = which::which_in(&program, std::env::var_os("PATH"), &schedule.cwd) else {
+        tracing::error!(schedule = %schedule.id, program, "on_escalate: program not found");
+        return;
+    };
+    let mut argv = argv;
+    argv[0] = resolved.display().to_string();
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let spec = RunSpec {
+        argv,
+        cwd: schedule.cwd.clone(),
+        env: vec![
+            ("LOOP_SCHEDULE_ID".into(), schedule.id.clone()),
+            ("LOOP_DIR".into(), dir.display().to_string()),
+            ("LOOP_FAILURES".into(), failures.to_string()),
+        ],
+        prompt: PromptDelivery::None,
+        prompt_text: String::new(),
+        prompt_file: dir
+            .join(STATE_DIR)
+            .join("runs")
+            .join(format!("{stamp}-escalate-{}.prompt.md", schedule.id)),
+        timeout: ESCALATE_TIMEOUT,
+        kill_grace: Duration::from_secs(5),
+        log_path: dir
+            .join(STATE_DIR)
+            .join("runs")
+            .join(format!("{stamp}-escalate-{}.log", schedule.id)),
+        log_cap: runner::LOG_CAP,
+    };
+    match runner::run(spec, cancel).await {
+        Ok(outcome) => {
+            tracing::info!(schedule = %schedule.id, status = %outcome.status.as_str(), summary = %outcome.summary, "on_escalate ran")
+        }
+        Err(err) => {
+            tracing::error!(schedule = %schedule.id, error = %err, "on_escalate failed to start")
+        }
+    }
+}
+
+/// Writes one cycle row off the async threads (it fsyncs).
+fn record_row(dir: &Path, schedule: &Schedule, instant: DateTime<Utc>, status: Status, note: &str) {
+    let (dir, schedule, note) = (dir.to_path_buf(), schedule.clone(), note.to_string());
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = cycle::record_cycle_row(&dir, &schedule, Some(instant), status, &note) {
+            tracing::error!(schedule = %schedule.id, error = %err, "cycle row not written");
+        }
+    });
+}
+
+fn rows_of(dir: &Path) -> Vec<crate::timing::Row> {
+    TimingFile::new(dir.join(TIMING_FILE))
+        .read()
+        .map(|log| log.rows)
+        .unwrap_or_default()
+}
+
+async fn next_change(watcher: &mut Option<Watcher>) -> Vec<PathBuf> {
+    match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn describe_paths(dir: &Path, paths: &[PathBuf]) -> String {
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string())
+        .collect();
+    format!("{} changed", names.join(", "))
 }

@@ -1,0 +1,439 @@
+//! Figures 1 and 2: fire precision and idle cost, ours (`serve`, see [`crate::service`])
+//! against tokio-cron-scheduler 0.15 with the same jobs.
+//!
+//! Lateness of a fire is measured against the whole second it was meant for. The
+//! baseline's callbacks take `Utc::now()` first thing and round it down to the second;
+//! ours reads `started_at - scheduled_at` of the cycle rows. Per job and per second of
+//! the window, no fire is a *missed* fire and every fire beyond the first is *doubled*.
+//! Seconds at the edges of the window are left out, so start-up and shutdown do not
+//! count.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::ops::Range;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::Size;
+use crate::report::{Figure, Line, Verdict};
+use crate::service;
+use crate::stats::{self, Samples};
+use crate::sys;
+
+/// One fire: which job, the second it was meant for (unix seconds), how late it began.
+#[derive(Debug, Clone, Copy)]
+pub struct Fire {
+    pub job: usize,
+    pub second: i64,
+    pub lateness_ms: f64,
+}
+
+/// Fires of `jobs` jobs over the whole seconds of `window`.
+#[derive(Debug, Clone)]
+pub struct FireStats {
+    pub lateness: Samples,
+    pub missed: usize,
+    pub doubled: usize,
+    pub expected: usize,
+}
+
+pub fn analyse(fires: &[Fire], jobs: usize, window: Range<i64>) -> FireStats {
+    let mut counts: HashMap<(usize, i64), usize> = HashMap::new();
+    let mut lateness = Vec::new();
+    for fire in fires.iter().filter(|f| window.contains(&f.second)) {
+        *counts.entry((fire.job, fire.second)).or_default() += 1;
+        lateness.push(fire.lateness_ms);
+    }
+    let seconds = (window.end - window.start).max(0) as usize;
+    let mut missed = 0;
+    let mut doubled = 0;
+    for job in 0..jobs {
+        for second in window.clone() {
+            match counts.get(&(job, second)).copied().unwrap_or(0) {
+                0 => missed += 1,
+                n => doubled += n - 1,
+            }
+        }
+    }
+    FireStats {
+        lateness: Samples::new(lateness),
+        missed,
+        doubled,
+        expected: jobs * seconds,
+    }
+}
+
+/// A fire seen at `now` by a callback: meant for the second `now` falls in.
+pub fn fire_at(job: usize, now: DateTime<Utc>) -> Fire {
+    Fire {
+        job,
+        second: now.timestamp(),
+        lateness_ms: f64::from(now.nanosecond() % 1_000_000_000) / 1e6,
+    }
+}
+
+/// Sleeps until the wall clock reaches `unix_second` (plus `extra`).
+pub fn sleep_until_second(unix_second: i64, extra: Duration) {
+    let now = Utc::now();
+    let target_ms = unix_second * 1000 - now.timestamp_millis();
+    if target_ms > 0 {
+        std::thread::sleep(Duration::from_millis(target_ms as u64));
+    }
+    std::thread::sleep(extra);
+}
+
+/// The measurement window for a run that is ready now: from the second after next, for
+/// `secs` whole seconds.
+pub fn window_from_now(secs: u64) -> Range<i64> {
+    let start = Utc::now().timestamp() + 2;
+    start..start + secs as i64
+}
+
+/// tokio-cron-scheduler with `jobs` jobs on `* * * * * *` for `secs` seconds.
+fn baseline_fire(jobs: usize, secs: u64) -> Result<FireStats, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let fires: Arc<Mutex<Vec<Fire>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(jobs * (secs as usize + 4))));
+    let result = runtime.block_on(async {
+        let mut sched = JobScheduler::new()
+            .await
+            .map_err(|e| format!("JobScheduler::new: {e}"))?;
+        for job in 0..jobs {
+            let fires = fires.clone();
+            let cron_job = Job::new("* * * * * *", move |_uuid, _sched| {
+                let now = Utc::now();
+                if let Ok(mut fires) = fires.lock() {
+                    fires.push(fire_at(job, now));
+                }
+            })
+            .map_err(|e| format!("Job::new: {e}"))?;
+            sched
+                .add(cron_job)
+                .await
+                .map_err(|e| format!("JobScheduler::add: {e}"))?;
+        }
+        sched
+            .start()
+            .await
+            .map_err(|e| format!("JobScheduler::start: {e}"))?;
+        let window = window_from_now(secs);
+        // Late fires of the last second still land in it for up to a second.
+        let end_ms = window.end * 1000 + 1200 - Utc::now().timestamp_millis();
+        tokio::time::sleep(Duration::from_millis(end_ms.max(0) as u64)).await;
+        sched
+            .shutdown()
+            .await
+            .map_err(|e| format!("JobScheduler::shutdown: {e}"))?;
+        Ok::<_, String>(window)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let window = result?;
+    let fires = fires.lock().map_err(|_| "a callback panicked")?.clone();
+    Ok(analyse(&fires, jobs, window))
+}
+
+/// `__tcs-idle JOBS MINUTE`: tokio-cron-scheduler with JOBS hourly jobs at MINUTE, idle
+/// until stdin closes.
+pub fn idle_worker(args: &[String]) -> Result<(), String> {
+    let [jobs, minute] = args else {
+        return Err("usage: __tcs-idle JOBS MINUTE".into());
+    };
+    let jobs: usize = jobs.parse().map_err(|e| format!("jobs: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a tokio runtime: {e}"))?;
+    let _sched = runtime.block_on(async {
+        let sched = JobScheduler::new().await.map_err(|e| e.to_string())?;
+        for _ in 0..jobs {
+            let job = Job::new(format!("0 {minute} * * * *"), |_uuid, _sched| {})
+                .map_err(|e| e.to_string())?;
+            sched.add(job).await.map_err(|e| e.to_string())?;
+        }
+        sched.start().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(sched)
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())?;
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+    Ok(())
+}
+
+/// Context switches and RSS of an idle process: sampled `warmup` after it is ready and
+/// again `secs` later.
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    pub wakeups: u64,
+    pub secs: u64,
+    pub threads: usize,
+    pub rss_kib: u64,
+}
+
+pub fn measure_idle(pid: u32, warmup: Duration, secs: u64) -> Result<Idle, String> {
+    std::thread::sleep(warmup);
+    let before = sys::proc_sample(pid)?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = sys::proc_sample(pid)?;
+    Ok(Idle {
+        wakeups: after
+            .voluntary_switches
+            .saturating_sub(before.voluntary_switches),
+        secs,
+        threads: after.threads,
+        rss_kib: after.rss_kib,
+    })
+}
+
+/// A minute of the hour that is not within the next half hour, so hourly jobs never
+/// come due during the measurement.
+pub fn far_minute() -> u32 {
+    (Utc::now().minute() + 30) % 60
+}
+
+fn baseline_idle(jobs: usize, secs: u64) -> Result<Idle, String> {
+    let mut child = Command::new(sys::self_exe()?)
+        .arg("__tcs-idle")
+        .arg(jobs.to_string())
+        .arg(far_minute().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the idle worker: {e}"))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    let result = if line.trim() == "ready" {
+        measure_idle(child.id(), Duration::from_secs(1), secs)
+    } else {
+        Err(format!("the idle worker said {line:?} instead of ready"))
+    };
+    drop(child.stdin.take());
+    let _ = child.wait();
+    result
+}
+
+pub fn fire_figure(size: Size) -> Figure {
+    let (jobs, secs): (&[usize], u64) = match size {
+        Size::Full => (&[1, 100, 1000], 20),
+        Size::Quick => (&[1, 100, 1000], 3),
+        Size::Smoke => (&[10], 1),
+    };
+    let mut figure = Figure::new(
+        1,
+        "Fire lateness",
+        format!(
+            "N schedules firing every second for {secs} s (whole seconds, edges excluded). \
+             Ours: `serve`, one mode `true` per schedule, lateness = started_at − scheduled_at \
+             of the cycle rows. Baseline: tokio-cron-scheduler 0.15 (`JobScheduler::new()`, \
+             `Job::new(\"* * * * * *\")`) with N jobs, lateness of the callback against the \
+             second it fired for. Missed: (job, second) pairs without a fire; doubled: extra \
+             fires for a pair."
+        ),
+    );
+    let judged = size != Size::Smoke;
+    for &n in jobs {
+        eprintln!("  figure 1: baseline, N = {n}");
+        let base = match baseline_fire(n, secs) {
+            Ok(stats) => stats,
+            Err(e) => {
+                figure.errors.push(format!("baseline N = {n}: {e}"));
+                continue;
+            }
+        };
+        eprintln!("  figure 1: ours, N = {n}");
+        let ours =
+            service::fire_ours(n, secs).map_err(|u| u.cell(&mut figure, &format!("ours, N = {n}")));
+        let case = format!("N = {n}");
+        let p99_target = match n {
+            100 => Some(5.0),
+            1000 => Some(20.0),
+            _ => None,
+        };
+        let mut lines = Vec::new();
+        for (metric, pct) in [
+            ("lateness p50", 50.0),
+            ("lateness p99", 99.0),
+            ("lateness max", 100.0),
+        ] {
+            let b = base.lateness.percentile(pct);
+            let mut line = Line::new(&case, metric).baseline(stats::ms(b));
+            match &ours {
+                Ok(o) => {
+                    let v = o.lateness.percentile(pct);
+                    let ratio = stats::ratio(v, b);
+                    line = line.ours(stats::ms(v)).ratio(ratio);
+                    if pct == 99.0 {
+                        let absolute = p99_target.is_none_or(|t| v <= t);
+                        let target = match p99_target {
+                            Some(t) => format!("≤ {}; ratio ≤ 0.05", stats::ms(t)),
+                            None => "ratio ≤ 0.05".into(),
+                        };
+                        let ok = absolute && ratio.is_some_and(|r| r <= 0.05);
+                        line = line.target(
+                            target,
+                            if judged {
+                                Verdict::judge(ok)
+                            } else {
+                                Verdict::Info
+                            },
+                        );
+                    }
+                }
+                Err(why) => line = line.pending(why),
+            }
+            lines.push(line);
+        }
+        for (metric, b, o) in [
+            ("missed fires", base.missed, ours.as_ref().map(|o| o.missed)),
+            (
+                "doubled fires",
+                base.doubled,
+                ours.as_ref().map(|o| o.doubled),
+            ),
+        ] {
+            let mut line = Line::new(&case, metric).baseline(format!("{b} of {}", base.expected));
+            match o {
+                Ok(v) => {
+                    line = line.ours(v.to_string()).target(
+                        "0",
+                        if judged {
+                            Verdict::judge(v == 0)
+                        } else {
+                            Verdict::Info
+                        },
+                    )
+                }
+                Err(why) => line = line.pending(why),
+            }
+            lines.push(line);
+        }
+        figure.lines.extend(lines);
+    }
+    figure
+}
+
+pub fn idle_figure(size: Size) -> Figure {
+    let secs = match size {
+        Size::Full => 60,
+        Size::Quick => 5,
+        Size::Smoke => 1,
+    };
+    let mut figure = Figure::new(
+        2,
+        "Idle cost",
+        format!(
+            "10 hourly schedules (a minute half an hour away, so none comes due), process \
+             idle for {secs} s after a 1 s settle: voluntary context switches summed over \
+             /proc/PID/task/*/status, and VmRSS at the end. Ours: `serve`; baseline: \
+             tokio-cron-scheduler 0.15 with the same 10 jobs in a process of its own."
+        ),
+    );
+    let judged = size != Size::Smoke;
+    eprintln!("  figure 2: baseline");
+    let base = match baseline_idle(10, secs) {
+        Ok(idle) => idle,
+        Err(e) => {
+            figure.errors.push(format!("baseline: {e}"));
+            return figure;
+        }
+    };
+    eprintln!("  figure 2: ours");
+    let ours = service::idle_ours(10, secs).map_err(|u| u.cell(&mut figure, "ours"));
+    let per_s = |i: &Idle| i.wakeups as f64 / i.secs as f64;
+    let case = "10 hourly schedules";
+    let mut wake = Line::new(case, format!("wake-ups in {secs} s")).baseline(format!(
+        "{} ({:.1}/s, {} threads)",
+        base.wakeups,
+        per_s(&base),
+        base.threads
+    ));
+    let mut rss = Line::new(case, "RSS").baseline(stats::mib(base.rss_kib));
+    match &ours {
+        Ok(o) => {
+            wake = wake
+                .ours(format!(
+                    "{} ({:.1}/s, {} threads)",
+                    o.wakeups,
+                    per_s(o),
+                    o.threads
+                ))
+                .ratio(stats::ratio(o.wakeups as f64, base.wakeups as f64))
+                .target(
+                    "0",
+                    if judged {
+                        Verdict::judge(o.wakeups == 0)
+                    } else {
+                        Verdict::Info
+                    },
+                );
+            rss = rss
+                .ours(stats::mib(o.rss_kib))
+                .ratio(stats::ratio(o.rss_kib as f64, base.rss_kib as f64))
+                .target(
+                    "≤ 8 MiB",
+                    if judged {
+                        Verdict::judge(o.rss_kib <= 8 * 1024)
+                    } else {
+                        Verdict::Info
+                    },
+                );
+        }
+        Err(why) => {
+            wake = wake.pending(why);
+            rss = rss.pending(why);
+        }
+    }
+    figure.lines.push(wake);
+    figure.lines.push(rss);
+    figure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fire(job: usize, second: i64) -> Fire {
+        Fire {
+            job,
+            second,
+            lateness_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn missed_and_doubled_are_counted_per_job_and_second() {
+        // Job 0 fires in 10 and twice in 11; job 1 only in 11; 9 and 12 are outside.
+        let fires = [
+            fire(0, 9),
+            fire(0, 10),
+            fire(0, 11),
+            fire(0, 11),
+            fire(1, 11),
+            fire(1, 12),
+        ];
+        let stats = analyse(&fires, 2, 10..12);
+        assert_eq!(stats.expected, 4);
+        assert_eq!(stats.missed, 1);
+        assert_eq!(stats.doubled, 1);
+        assert_eq!(stats.lateness.len(), 4);
+    }
+
+    #[test]
+    fn lateness_is_measured_from_the_whole_second() {
+        let now = DateTime::from_timestamp(100, 3_500_000).unwrap();
+        let f = fire_at(7, now);
+        assert_eq!((f.job, f.second), (7, 100));
+        assert!((f.lateness_ms - 3.5).abs() < 1e-9);
+    }
+}
