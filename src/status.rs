@@ -169,6 +169,10 @@ pub fn report(dir: &Path, now: DateTime<Utc>) -> Report {
         dir: dir.display().to_string(),
         service: Service {
             running: service_pid.is_some(),
+            last_reload: service_pid
+                .as_ref()
+                .and_then(|_| crate::state::read_service(dir))
+                .and_then(|s| s.reload),
             pid: service_pid,
         },
         config_problems: problems.iter().map(ToString::to_string).collect(),
