@@ -40,6 +40,14 @@ use tokio_util::sync::CancellationToken;
 
 /// Default cap on the bytes of output kept in a run's log.
 pub const LOG_CAP: u64 = 8 * 1024 * 1024;
+/// Environment of the supervisor that its children never inherit.
+pub const SERVICE_ONLY_ENV: [&str; 5] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+];
 /// The one argv element that is replaced (whole) by the prompt file's path.
 pub const PROMPT_FILE_PLACEHOLDER: &str = "{prompt_file}";
 /// Longer stdout lines are never protocol lines.
@@ -253,6 +261,11 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
     .process_group(0)
     // Reaps the leader if this future is dropped; GroupGuard handles the rest of the group.
     .kill_on_drop(true);
+    // The supervisor's own systemd channels are not the child's: an agent must not be able to
+    // report READY or feed the watchdog on the service's behalf.
+    for var in SERVICE_ONLY_ENV {
+        cmd.env_remove(var);
+    }
     if wants_file {
         cmd.env("LOOP_PROMPT_FILE", &prompt_file);
     }

@@ -158,6 +158,9 @@ impl Watcher {
     /// collecting until `batch` (~100 ms) passes with no new relevant event (cap the whole wait at 1 s
     /// so a constant writer cannot starve reloads), then returns the distinct paths changed.
     ///
+    /// The paths are sorted; `dir/modes` itself is among them when the directory appeared,
+    /// vanished or was replaced.
+    ///
     /// Cancel-safe: events already received stay pending for the next call.
     pub async fn changed(&mut self) -> Vec<PathBuf> {
         loop {
@@ -192,28 +195,31 @@ impl Watcher {
     }
 
     fn absorb(&mut self, message: Message) {
-        let before = self.pending.len();
-        match message {
+        let mut relevant = match message {
             Message::Paths(paths) => {
                 if paths.contains(&self.modes) {
                     self.rewatch_modes();
                 }
                 self.pending.extend(paths);
+                true
             }
             Message::Rescan => {
                 tracing::warn!("file watcher lost events; treating all configuration as changed");
                 self.rescan();
+                true
             }
             Message::Error(error) => {
                 tracing::warn!(%error, "file watcher error");
+                false
             }
-        }
+        };
         if self.overflowed.swap(false, Ordering::AcqRel) {
             tracing::warn!("file watcher fell behind; treating all configuration as changed");
             self.rescan();
+            relevant = true;
         }
-        // An error alone starts no batch; anything relevant starts or extends one.
-        if self.pending.len() > before || self.first.is_some() {
+        // An error alone neither starts nor extends a batch.
+        if relevant {
             let now = Instant::now();
             self.first.get_or_insert(now);
             self.last = Some(now);
@@ -365,6 +371,12 @@ mod tests {
             if let Some(batch) = self.batch(QUIET).await {
                 panic!("expected no batch, got {batch:?}");
             }
+            // A batch still collecting is a batch too, merely not finished.
+            assert!(
+                self.watcher.pending.is_empty(),
+                "expected no batch, one is collecting {:?}",
+                self.watcher.pending
+            );
         }
     }
 

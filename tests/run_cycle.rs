@@ -371,7 +371,12 @@ fn environment_handoff_and_todo_priority() {
         "FAKE_PRINT = \"HANDOFF: next do Z\"",
         "always = true",
     );
-    assert_eq!(inst.run(&["run-cycle"]).status.code(), Some(0));
+    let out = inst
+        .command(&["run-cycle"])
+        .env("NOTIFY_SOCKET", "/nonexistent/notify.sock")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let env = std::fs::read_to_string(&env_dump).unwrap();
     for var in [
         "LOOP_CYCLE_ID=",
@@ -384,6 +389,10 @@ fn environment_handoff_and_todo_priority() {
     ] {
         assert!(env.contains(var), "{var} missing from:\n{env}");
     }
+    assert!(
+        !env.contains("NOTIFY_SOCKET"),
+        "the service's notify socket leaked to a mode:\n{env}"
+    );
     let first = std::fs::read_to_string(&prompt_copy).unwrap();
     assert!(
         first.contains("- [ ] 2. open thing (Plan > Now) — TODO.md:4"),

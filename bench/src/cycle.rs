@@ -93,7 +93,7 @@ pub fn figure(size: Size) -> Figure {
             &baseline_script(&true_program()?),
         )?;
         let tsv = dir.path().join("baseline.tsv");
-        let mut ours_cmd = || {
+        let ours_cmd = || {
             let mut c = Command::new(&bin);
             c.arg("--dir")
                 .arg(&instance)
@@ -103,7 +103,7 @@ pub fn figure(size: Size) -> Figure {
                 .stdout(Stdio::null());
             c
         };
-        let mut base_cmd = || {
+        let base_cmd = || {
             let mut c = Command::new("bash");
             c.arg(&script).arg(&tsv).stdout(Stdio::null());
             c

@@ -319,6 +319,14 @@ pub fn fire_figure(size: Size) -> Figure {
             lines.push(line);
         }
         figure.lines.extend(lines);
+        figure.notes.push(format!(
+            "N = {n}: baseline {} fires in the window{}",
+            base.lateness.len(),
+            match &ours {
+                Ok(o) => format!(", ours {}", o.lateness.len()),
+                Err(_) => String::new(),
+            }
+        ));
     }
     figure
 }

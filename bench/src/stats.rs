@@ -24,10 +24,6 @@ impl Samples {
         self.sorted.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sorted.is_empty()
-    }
-
     /// Nearest-rank percentile (`p` in 0..=100); NaN without samples.
     pub fn percentile(&self, p: f64) -> f64 {
         if self.sorted.is_empty() {
