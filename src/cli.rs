@@ -324,6 +324,16 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
         return EXIT_OK;
     }
 
+    for reaped in crate::leftover::reap(dir) {
+        eprintln!(
+            "terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
+            reaped.record.pgid,
+            reaped.record.label.schedule,
+            reaped.record.label.mode,
+            reaped.record.label.cycle,
+            reaped.record.owner_pid
+        );
+    }
     let rt = runtime();
     rt.block_on(async {
         let cancel = CancellationToken::new();

@@ -273,6 +273,17 @@ pub async fn run(
                 kill_grace: mode.kill_grace,
                 log_path: run_dir.join(format!("{}{suffix}.log", mode.slug)),
                 log_cap: runner::LOG_CAP,
+                record: Some((
+                    dir.clone(),
+                    crate::leftover::Label {
+                        schedule: spec.schedule.id.clone(),
+                        cycle: cycle.clone(),
+                        mode: mode.slug.clone(),
+                        attempt,
+                        scheduled_at: spec.scheduled_at,
+                        priority: spec.priority.to_string(),
+                    },
+                )),
             };
             let (status, note, exit_code, finished_at, memory, handoff) =
                 match runner::run(run_spec, cancel.clone()).await {

@@ -10,6 +10,7 @@ pub mod cron;
 pub mod cycle;
 pub mod duration;
 pub mod init;
+pub mod leftover;
 pub mod lock;
 pub mod memory;
 pub mod mode;

@@ -103,6 +103,9 @@ pub struct RunSpec {
     pub log_path: PathBuf,
     /// Bytes of output kept in the log; see [`LOG_CAP`].
     pub log_cap: u64,
+    /// Where to keep a pid record of the group while it runs (instance directory and what
+    /// the group is doing), so that a later supervisor can reap it if this one dies.
+    pub record: Option<(PathBuf, crate::leftover::Label)>,
 }
 
 /// How a run ended.
@@ -218,6 +221,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
         kill_grace,
         log_path,
         log_cap,
+        record,
     } = spec;
     let program = argv.first().cloned().ok_or(RunError::EmptyCommand)?;
     if !cwd.is_dir() {
@@ -283,9 +287,17 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| spawn_error(io::Error::other("the child has no process id")))?;
+    let record = record.and_then(|(dir, label)| match crate::leftover::record(&dir, pid, label) {
+        Ok(path) => Some(path),
+        Err(error) => {
+            tracing::warn!(pid, %error, "cannot write the pid record; a crash would leave this group unreaped");
+            None
+        }
+    });
     let mut guard = GroupGuard {
         pgid: Pid::from_raw(pid),
         armed: true,
+        record,
     };
     tracing::info!(program = %program, pid, cwd = %cwd.display(), "started child");
 
@@ -589,7 +601,7 @@ fn after_leader_exit(guard: &mut GroupGuard, kill_grace: Duration, end: &mut End
 
 fn draining(guard: &mut GroupGuard) -> Phase {
     // Nothing of the group runs any more; signalling the id later could hit a reused one.
-    guard.armed = false;
+    guard.disarm();
     Phase::Draining {
         until: Instant::now() + DRAIN_LIMIT,
     }
@@ -641,6 +653,17 @@ fn proc_state(pid: i32) -> Option<(char, i32)> {
 struct GroupGuard {
     pgid: Pid,
     armed: bool,
+    /// The group's pid record, removed once the group is gone.
+    record: Option<PathBuf>,
+}
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+        if let Some(path) = self.record.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl Drop for GroupGuard {
@@ -652,6 +675,7 @@ impl Drop for GroupGuard {
             );
             let _ = killpg(self.pgid, Signal::SIGKILL);
         }
+        self.disarm();
     }
 }
 
@@ -964,6 +988,7 @@ mod tests {
             kill_grace: Duration::from_secs(2),
             log_path: dir.join(".loop-orchestrator/runs/c1/mode.log"),
             log_cap: LOG_CAP,
+            record: None,
         }
     }
 

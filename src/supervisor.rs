@@ -93,6 +93,16 @@ pub fn serve(dir: &Path) -> u8 {
             return EXIT_INVALID;
         }
     };
+    for reaped in crate::leftover::reap(&dir) {
+        eprintln!(
+            "serve: terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
+            reaped.record.pgid,
+            reaped.record.label.schedule,
+            reaped.record.label.mode,
+            reaped.record.label.cycle,
+            reaped.record.owner_pid
+        );
+    }
     let rt = crate::cli::runtime();
     let code = rt.block_on(async move {
         match Supervisor::new(dir, config) {
@@ -875,6 +885,7 @@ async fn run_on_escalate(
             .join("runs")
             .join(format!("{stamp}-escalate-{}.log", schedule.id)),
         log_cap: runner::LOG_CAP,
+        record: None,
     };
     match runner::run(spec, cancel).await {
         Ok(outcome) => {

@@ -527,3 +527,84 @@ fn init_writes_an_instance_that_runs_anywhere() {
         "- [ ] mine\n"
     );
 }
+
+#[test]
+fn groups_left_by_a_killed_run_cycle_are_reaped_by_the_next_one() {
+    let inst = Instance::new(
+        r#"[{ "id": "s1", "task": "t", "modes": ["slow"] }, { "id": "s2", "task": "t", "modes": ["quick"] }]"#,
+    );
+    let pids = inst.path().join("pids");
+    inst.mode(
+        "slow",
+        &format!("[\"{}\"]", fixture("grandchild-sleeper.sh")),
+        &format!(
+            "prompt = \"none\"\nenv = {{ PIDS_FILE = \"{}\" }}",
+            pids.display()
+        ),
+    );
+    inst.mode("quick", "[\"true\"]", "");
+    let mut first = inst
+        .command(&["run-cycle", "--schedule", "s1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids.exists() {
+        assert!(Instant::now() < deadline, "the mode never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let orphans: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        orphans.iter().all(|p| process_exists(*p)),
+        "SIGKILL of the supervisor leaves its mode's group running"
+    );
+
+    let out = inst.run(&["run-cycle", "--schedule", "s2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("terminated a leftover process group"),
+        "{}",
+        text(&out)
+    );
+    for pid in orphans {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while process_exists(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "orphan {pid} survived the restart"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let rows: Vec<(String, String, String)> = inst
+        .rows()
+        .into_iter()
+        .map(|r| (r[5].clone(), r[7].clone(), r[9].clone()))
+        .collect();
+    assert!(
+        rows.contains(&("s1".into(), "slow".into(), "interrupted".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("s1".into(), "cycle".into(), "interrupted".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("s2".into(), "cycle".into(), "ok".into())),
+        "{rows:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(inst.path().join(".loop-orchestrator/pids"))
+            .unwrap()
+            .count(),
+        0,
+        "records are cleaned up"
+    );
+}

@@ -1,0 +1,293 @@
+//! Process groups left behind by a supervisor that died (SIGKILL, OOM, power loss).
+//!
+//! Every mode runs in its own process group, which its supervisor kills when the mode ends —
+//! unless the supervisor itself is killed first. So each running group has a pid record in
+//! `.loop-orchestrator/pids/<pgid>.json`, written after spawn and removed once the group is
+//! gone. The next `serve` or `run-cycle` on the directory calls [`reap`]: a record whose owner
+//! is no longer alive names a leftover group, which is terminated (TERM, then KILL) and
+//! reported, with an `interrupted` row for its mode and cycle.
+//!
+//! Pids are reused, so a record identifies processes by pid *and* start time (field 22 of
+//! `/proc/<pid>/stat`): the owner is alive only if a process with its pid started at the
+//! recorded time; a living group leader with another start time is someone else's.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::lock::STATE_DIR;
+use crate::timing::{Priority, Row, Status, TimingFile, sanitize_note};
+
+/// What a group was doing, for the report and the rows written when it is reaped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Label {
+    pub schedule: String,
+    pub cycle: String,
+    pub mode: String,
+    pub attempt: u32,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub priority: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PidRecord {
+    pub pgid: i32,
+    pub leader_start: Option<u64>,
+    pub owner_pid: u32,
+    pub owner_start: Option<u64>,
+    pub started_at: DateTime<Utc>,
+    pub label: Label,
+}
+
+/// A group found and terminated by [`reap`].
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    pub record: PidRecord,
+    /// Whether any process of the group was still alive.
+    pub was_alive: bool,
+}
+
+pub fn pids_dir(dir: &Path) -> PathBuf {
+    dir.join(STATE_DIR).join("pids")
+}
+
+/// Start time of a process in clock ticks since boot, `None` when it does not exist.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes the record of a group just spawned by this process; returns its path.
+pub fn record(dir: &Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
+    let record = PidRecord {
+        pgid,
+        leader_start: start_time(pgid),
+        owner_pid: std::process::id(),
+        owner_start: start_time(std::process::id() as i32),
+        started_at: Utc::now(),
+        label,
+    };
+    let folder = pids_dir(dir);
+    std::fs::create_dir_all(&folder)?;
+    let path = folder.join(format!("{pgid}.json"));
+    let tmp = folder.join(format!(".{pgid}.json.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default())?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn alive_as_recorded(pid: i32, start: Option<u64>) -> bool {
+    match (start_time(pid), start) {
+        (Some(now), Some(then)) => now == then,
+        // Without a recorded start time, a living pid is given the benefit of the doubt.
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Whether any process of the group still runs (zombies excluded).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .is_some_and(|stat| {
+                    let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+                        return false;
+                    };
+                    let mut fields = rest.split_whitespace();
+                    let state = fields.next().unwrap_or("Z");
+                    let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+                    state != "Z" && state != "X" && group == Some(pgid)
+                })
+        })
+}
+
+/// Terminates the groups of dead owners and removes their records. Rows of the interrupted
+/// modes and cycles go to `task_timing.tsv`.
+pub fn reap(dir: &Path) -> Vec<Reaped> {
+    let Ok(entries) = std::fs::read_dir(pids_dir(dir)) else {
+        return Vec::new();
+    };
+    let mut reaped = Vec::new();
+    for path in entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+    {
+        let Some(record) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok())
+        else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if alive_as_recorded(record.owner_pid as i32, record.owner_start) {
+            continue; // its supervisor still runs and will finish the job
+        }
+        // The pgid cannot be reused while a member lives; a living leader that started at
+        // another time is a stranger who took the number after the group died.
+        let leader_is_stranger = start_time(record.pgid).is_some()
+            && !alive_as_recorded(record.pgid, record.leader_start);
+        let was_alive = !leader_is_stranger && group_alive(record.pgid);
+        if was_alive {
+            let pgid = Pid::from_raw(record.pgid);
+            let _ = killpg(pgid, Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while group_alive(record.pgid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if group_alive(record.pgid) {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+        tracing::warn!(
+            pgid = record.pgid,
+            owner = record.owner_pid,
+            schedule = %record.label.schedule,
+            cycle = %record.label.cycle,
+            mode = %record.label.mode,
+            was_alive,
+            "leftover process group of a supervisor that died; terminated"
+        );
+        write_rows(dir, &record, was_alive);
+        let _ = std::fs::remove_file(&path);
+        reaped.push(Reaped { record, was_alive });
+    }
+    reaped
+}
+
+fn write_rows(dir: &Path, record: &PidRecord, was_alive: bool) {
+    let now = Utc::now();
+    let note = sanitize_note(&format!(
+        "left over by supervisor pid {} that died; {} at restart",
+        record.owner_pid,
+        if was_alive {
+            "group terminated"
+        } else {
+            "group already gone"
+        }
+    ));
+    let priority = if record.label.priority == "todo" {
+        Priority::Todo
+    } else {
+        Priority::Schedule
+    };
+    let row = |mode: &str, started_at: DateTime<Utc>| Row {
+        scheduled_at: record.label.scheduled_at,
+        started_at,
+        finished_at: now,
+        duration_ms: (now - started_at).num_milliseconds().max(0) as u64,
+        priority,
+        schedule: record.label.schedule.clone(),
+        cycle: record.label.cycle.clone(),
+        mode: mode.to_string(),
+        attempt: record.label.attempt.max(1),
+        status: Status::Interrupted,
+        exit_code: None,
+        cost_usd: None,
+        note: note.clone(),
+    };
+    let rows = [
+        row(&record.label.mode, record.started_at),
+        Row {
+            attempt: 1,
+            ..row("cycle", record.started_at)
+        },
+    ];
+    if let Err(err) = TimingFile::new(dir.join(crate::cycle::TIMING_FILE)).append_all(&rows) {
+        tracing::error!(error = %err, "rows of a leftover group not written");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt as _;
+
+    #[test]
+    fn start_time_of_this_process_is_stable() {
+        let me = std::process::id() as i32;
+        let a = start_time(me).unwrap();
+        assert_eq!(Some(a), start_time(me));
+        assert!(start_time(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_live_owner_keeps_its_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        record(dir.path(), pgid, Label::default()).unwrap();
+        assert!(
+            reap(dir.path()).is_empty(),
+            "this test process, the owner, is alive"
+        );
+        assert!(group_alive(pgid));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_dead_owners_group_is_terminated_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        let path = record(
+            dir.path(),
+            pgid,
+            Label {
+                schedule: "s".into(),
+                cycle: "c".into(),
+                mode: "m".into(),
+                attempt: 1,
+                ..Label::default()
+            },
+        )
+        .unwrap();
+        // Pretend the owner died: a recorded start time no process has.
+        let mut rec: PidRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        rec.owner_start = Some(0);
+        std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        let reaped = reap(dir.path());
+        assert_eq!(reaped.len(), 1);
+        assert!(reaped[0].was_alive);
+        let _ = child.wait();
+        assert!(!group_alive(pgid));
+        assert!(!path.exists(), "the record is removed");
+        let log = TimingFile::new(dir.path().join("task_timing.tsv"))
+            .read()
+            .unwrap();
+        let statuses: Vec<(String, Status)> = log
+            .rows
+            .iter()
+            .map(|r| (r.mode.clone(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                ("m".to_string(), Status::Interrupted),
+                ("cycle".to_string(), Status::Interrupted)
+            ]
+        );
+    }
+}
