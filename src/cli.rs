@@ -47,6 +47,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Accept schedules.json and mode files that group or others can write, or that are
+    /// symlinks owned by another user (refused by default, as cron refuses such a crontab).
+    #[arg(long, global = true, env = "LOOP_ORCHESTRATOR_ALLOW_INSECURE_CONFIG")]
+    pub allow_insecure_config: bool,
     /// More log lines on stderr (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -158,6 +162,7 @@ pub enum MemoryCommand {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(&cli);
+    crate::config::allow_insecure_config(cli.allow_insecure_config);
     let dir = cli.dir.clone();
     let code = match cli.command {
         Command::Serve => crate::supervisor::serve(&dir),

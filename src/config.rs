@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -131,6 +132,13 @@ impl Config {
         })?;
         let (modes, mode_problems) = load_modes(dir);
         let mut problems = Vec::new();
+        if !insecure_allowed() {
+            problems.extend(check_permissions(dir, SCHEDULES_FILE));
+            for mode in modes.values() {
+                let rel = format!("{MODES_DIR}/{}.md", mode.slug);
+                problems.extend(check_permissions(dir, &rel));
+            }
+        }
         let config = parse_schedules(dir, &text, &modes, &mut problems);
         problems.extend(mode_problems);
         match config {
@@ -142,6 +150,60 @@ impl Config {
     pub fn schedule(&self, id: &str) -> Option<&Schedule> {
         self.schedules.iter().find(|s| s.id == id)
     }
+}
+
+/// Whether files anyone else can write are accepted; set once from `--allow-insecure-config`.
+/// A process-wide policy rather than a parameter: it is fixed before anything loads and every
+/// load of the process (validate, run-cycle, each reload of serve) must apply the same one.
+static ALLOW_INSECURE: AtomicBool = AtomicBool::new(false);
+
+pub fn allow_insecure_config(allow: bool) {
+    ALLOW_INSECURE.store(allow, Ordering::Relaxed);
+}
+
+fn insecure_allowed() -> bool {
+    ALLOW_INSECURE.load(Ordering::Relaxed)
+}
+
+/// Refuses a file that can run commands as this user when someone else could write it, as cron
+/// refuses an insecure crontab: writable by group or others, or a symlink owned by (or to a
+/// file owned by) another user than this one or root.
+fn check_permissions(dir: &Path, rel: &str) -> Option<Problem> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(rel);
+    let link = std::fs::symlink_metadata(&path).ok()?;
+    let target = std::fs::metadata(&path).ok()?;
+    let me = nix::unistd::geteuid().as_raw();
+    let foreign = |uid: u32| uid != me && uid != 0;
+    let fix = "or pass --allow-insecure-config";
+    let message = if target.mode() & 0o022 != 0 {
+        format!(
+            "refused: {rel} is writable by {} (mode {:04o}), and it says what commands run as this user; fix with `chmod go-w {rel}` {fix}",
+            match target.mode() & 0o022 {
+                0o020 => "its group",
+                0o002 => "others",
+                _ => "its group and others",
+            },
+            target.mode() & 0o7777
+        )
+    } else if link.file_type().is_symlink() && (foreign(link.uid()) || foreign(target.uid())) {
+        let owner = if foreign(link.uid()) {
+            link.uid()
+        } else {
+            target.uid()
+        };
+        format!(
+            "refused: {rel} is a symlink owned by, or to a file owned by, another user (uid {owner}); replace it with a file of your own {fix}"
+        )
+    } else {
+        return None;
+    };
+    Some(Problem {
+        file: rel.to_string(),
+        line: 1,
+        column: 1,
+        message,
+    })
 }
 
 /// Parses the text of schedules.json against the loaded modes. Pushes every problem found;
