@@ -341,6 +341,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
     }
     let rt = runtime();
     rt.block_on(async {
+        let recorder = crate::recorder::Recorder::for_instance(dir);
         let cancel = CancellationToken::new();
         let interrupted = spawn_signal_cancel(cancel.clone());
         let mut code = EXIT_OK;
@@ -395,7 +396,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
                 dispatched_at: None,
                 note: None,
             };
-            let outcome = cycle::run(spec, cancel.clone(), print_mode).await;
+            let outcome = cycle::run(spec, &recorder, cancel.clone(), print_mode).await;
             drop(guard);
             match outcome {
                 Ok(outcome) => {
@@ -418,6 +419,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
                 }
             }
         }
+        recorder.flush().await;
         if interrupted.is_cancelled() && code == EXIT_OK {
             code = EXIT_INTERRUPTED;
         }

@@ -19,9 +19,10 @@ use crate::lock::STATE_DIR;
 use crate::memory::{MemoryLimits, MemoryStore, Section};
 use crate::mode::{IfMissing, Mode, OnFailure, PromptKind};
 use crate::prompt::{self, Handoff, PromptParts};
+use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec, RunStatus};
 use crate::schedule::Schedule;
-use crate::timing::{Priority, Row, Status, TimingFile, sanitize_note};
+use crate::timing::{Priority, Row, Status, sanitize_note};
 use crate::todo::{Todo, TodoItem};
 
 pub const TIMING_FILE: &str = "task_timing.tsv";
@@ -83,20 +84,23 @@ pub enum CycleError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Timing(#[from] crate::timing::TimingError),
+    Record(#[from] crate::recorder::RecordError),
 }
 
 /// Runs one cycle. `progress` is called after every mode attempt.
 pub async fn run(
     spec: CycleSpec,
+    recorder: &Recorder,
     cancel: CancellationToken,
     mut progress: impl FnMut(&ModeReport),
 ) -> Result<CycleOutcome, CycleError> {
     let started = spec.dispatched_at.unwrap_or_else(Utc::now);
     let dir = spec.dir.clone();
     let (cycle, run_dir) = new_run_dir(&dir, &spec.schedule.id, started)?;
-    let timing = TimingFile::new(dir.join(TIMING_FILE));
-    let store = memory_store(&dir);
+    let limits = MemoryLimits {
+        max_lines: spec.memory.max_lines,
+        target_lines: spec.memory.target_lines,
+    };
     let todo = Todo::load(&dir.join(TODO_FILE)).unwrap_or(Todo { items: Vec::new() });
     let previous = load_handoff(&dir, &spec.schedule.id);
     let task = match &spec.todo_item {
@@ -141,7 +145,7 @@ pub async fn run(
                     None,
                     &note,
                 );
-                append(&timing, vec![row]).await?;
+                recorder.rows(vec![row]).await?;
                 counts.add(Status::Skipped);
                 progress(&ModeReport {
                     mode: mode.slug.clone(),
@@ -171,9 +175,10 @@ pub async fn run(
                 let row = row(
                     &spec, &cycle, &mode.slug, attempt, status, started_at, started_at, None, &note,
                 );
-                append(&timing, vec![row]).await?;
+                recorder.rows(vec![row]).await?;
                 add_memory(
-                    &store,
+                    recorder,
+                    limits,
                     vec![(
                         Section::SystemUpdates,
                         system_update(
@@ -332,7 +337,7 @@ pub async fn run(
                 exit_code,
                 &note,
             );
-            append(&timing, vec![row]).await?;
+            recorder.rows(vec![row]).await?;
             let mut entries = vec![(
                 Section::SystemUpdates,
                 system_update(
@@ -350,7 +355,7 @@ pub async fn run(
                     Err(_) => entries.push((Section::SystemUpdates, format!("[{section}] {text}"))),
                 }
             }
-            add_memory(&store, entries).await;
+            add_memory(recorder, limits, entries).await;
             for text in handoff {
                 handoffs.push(Handoff {
                     mode: mode.slug.clone(),
@@ -402,24 +407,7 @@ pub async fn run(
     let cycle_row = row(
         &spec, &cycle, "cycle", 1, status, started, finished, None, &note,
     );
-    append(&timing, vec![cycle_row]).await?;
-    let limits = MemoryLimits {
-        max_lines: spec.memory.max_lines,
-        target_lines: spec.memory.target_lines,
-    };
-    let prune_store = store.clone();
-    match tokio::task::spawn_blocking(move || prune_store.prune(limits, false)).await {
-        Ok(Ok(report)) if report.archived > 0 => {
-            tracing::info!(
-                archived = report.archived,
-                lines_before = report.lines_before,
-                lines_after = report.lines_after,
-                "memory pruned"
-            )
-        }
-        Ok(Err(err)) => tracing::warn!(error = %err, "memory prune failed"),
-        _ => {}
-    }
+    recorder.rows(vec![cycle_row]).await?;
     if let Some(last) = handoffs.last() {
         save_handoff(&dir, &spec.schedule.id, last);
     }
@@ -435,33 +423,31 @@ pub async fn run(
     })
 }
 
-/// Records a fire that did not run (overlap `skip`, an escalated schedule): one cycle row.
-pub fn record_cycle_row(
-    dir: &Path,
+/// The row of a fire that did not run (overlap `skip`, a fire the service never started, an
+/// escalation): one cycle row, started at `dispatched_at`.
+pub fn cycle_row(
     schedule: &Schedule,
     scheduled_at: Option<DateTime<Utc>>,
+    dispatched_at: DateTime<Utc>,
     status: Status,
     note: &str,
-) -> Result<(), CycleError> {
+) -> Row {
     let now = Utc::now();
-    let cycle = format!("{}-{}", cycle_stamp(now), schedule.id);
-    let row = Row {
+    Row {
         scheduled_at,
-        started_at: now,
+        started_at: dispatched_at,
         finished_at: now,
-        duration_ms: 0,
+        duration_ms: (now - dispatched_at).num_milliseconds().max(0) as u64,
         priority: Priority::Schedule,
         schedule: schedule.id.clone(),
-        cycle,
+        cycle: format!("{}-{}", cycle_stamp(dispatched_at), schedule.id),
         mode: "cycle".to_string(),
         attempt: 1,
         status,
         exit_code: None,
         cost_usd: None,
         note: sanitize_note(note),
-    };
-    TimingFile::new(dir.join(TIMING_FILE)).append(&row)?;
-    Ok(())
+    }
 }
 
 /// The store of an instance's memory file, its archive and its lock.
@@ -521,23 +507,10 @@ fn row(
     }
 }
 
-async fn append(timing: &TimingFile, rows: Vec<Row>) -> Result<(), CycleError> {
-    let timing = TimingFile::new(timing.path().to_path_buf());
-    tokio::task::spawn_blocking(move || timing.append_all(&rows))
-        .await
-        .map_err(|err| CycleError::Io {
-            path: PathBuf::from(TIMING_FILE),
-            source: std::io::Error::other(err),
-        })??;
-    Ok(())
-}
-
-async fn add_memory(store: &MemoryStore, entries: Vec<(Section, String)>) {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.add(&entries)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "memory entry not written"),
-        Err(err) => tracing::warn!(error = %err, "memory writer panicked"),
+async fn add_memory(recorder: &Recorder, limits: MemoryLimits, entries: Vec<(Section, String)>) {
+    // A memory entry that cannot be written is logged, and does not fail the mode it tells of.
+    if let Err(err) = recorder.memory(entries, limits).await {
+        tracing::warn!(error = %err, "memory entries not written");
     }
 }
 

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod mode;
 pub mod notify;
 pub mod prompt;
+pub mod recorder;
 pub mod runner;
 pub mod schedule;
 pub mod state;

@@ -39,6 +39,7 @@ use crate::duration::short;
 use crate::lock::{LockError, LockFile, STATE_DIR};
 use crate::memory::Section;
 use crate::notify::{self, Notifier};
+use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
 use crate::schedule::{Overlap, Schedule};
 use crate::state::{self, Escalation, ReloadResult, ServiceState};
@@ -210,6 +211,7 @@ struct Parts {
 
 struct Supervisor {
     dir: PathBuf,
+    recorder: Recorder,
     config: Arc<Config>,
     entries: BTreeMap<String, Entry>,
     slots: Arc<Semaphore>,
@@ -266,6 +268,7 @@ impl Supervisor {
             entries.insert(schedule.id.clone(), entry);
         }
         let supervisor = Supervisor {
+            recorder: Recorder::for_instance(&dir),
             slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
             config: Arc::new(config),
             dir,
@@ -390,9 +393,10 @@ impl Supervisor {
                 Overlap::Skip => {
                     tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: the previous cycle still runs");
                     record_row(
-                        &self.dir,
+                        &self.recorder,
                         &entry.schedule,
                         instant,
+                        dispatched_at,
                         Status::Skipped,
                         "overlap skip: the previous cycle still runs",
                     );
@@ -401,9 +405,10 @@ impl Supervisor {
                 Overlap::Queue if entry.queued.is_some() => {
                     tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: a cycle is already queued");
                     record_row(
-                        &self.dir,
+                        &self.recorder,
                         &entry.schedule,
                         instant,
+                        dispatched_at,
                         Status::Skipped,
                         "overlap queue: a cycle is already queued",
                     );
@@ -448,6 +453,7 @@ impl Supervisor {
         };
         tokio::spawn(run_fire(
             spec,
+            self.recorder.clone(),
             jitter,
             self.slots.clone(),
             self.stopping.clone(),
@@ -501,20 +507,27 @@ impl Supervisor {
         let note = format!(
             "{failures} consecutive failed cycles; paused until its entry changes or `resume {id}`"
         );
-        let dir = self.dir.clone();
+        let recorder = self.recorder.clone();
+        let limits = crate::memory::MemoryLimits {
+            max_lines: self.config.memory.max_lines,
+            target_lines: self.config.memory.target_lines,
+        };
         let (row_schedule, row_note) = (schedule.clone(), note.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(err) =
-                cycle::record_cycle_row(&dir, &row_schedule, None, Status::Escalated, &row_note)
-            {
+        tokio::spawn(async move {
+            let now = Utc::now();
+            let row = cycle::cycle_row(&row_schedule, None, now, Status::Escalated, &row_note);
+            if let Err(err) = recorder.rows(vec![row]).await {
                 tracing::error!(error = %err, "escalated row not written");
             }
             let entry = format!(
                 "{} [{}] escalated: {row_note}",
-                Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+                now.to_rfc3339_opts(SecondsFormat::Secs, true),
                 row_schedule.id
             );
-            if let Err(err) = cycle::memory_store(&dir).add(&[(Section::SystemUpdates, entry)]) {
+            if let Err(err) = recorder
+                .memory(vec![(Section::SystemUpdates, entry)], limits)
+                .await
+            {
                 tracing::error!(error = %err, "escalation memory entry not written");
             }
         });
@@ -713,6 +726,7 @@ impl Supervisor {
             tracing::warn!(running = self.running(), "second SIGINT: stopping at once");
             self.cancel.cancel();
         }
+        self.recorder.flush().await;
         tracing::info!(left = self.running(), "stopped");
         EXIT_OK
     }
@@ -768,6 +782,7 @@ impl Supervisor {
 /// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
 async fn run_fire(
     spec: CycleSpec,
+    recorder: Recorder,
     jitter: Duration,
     slots: Arc<Semaphore>,
     stopping: CancellationToken,
@@ -777,10 +792,12 @@ async fn run_fire(
     let instant = spec.scheduled_at.unwrap_or_else(Utc::now);
     let not_started = |spec: &CycleSpec, why: &str| {
         tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "not started: {why}");
+        let dispatched_at = spec.dispatched_at.unwrap_or(instant);
         record_row(
-            &spec.dir,
+            &recorder,
             &spec.schedule,
             instant,
+            dispatched_at,
             Status::Interrupted,
             &format!("not started: {why}"),
         );
@@ -827,7 +844,14 @@ async fn run_fire(
                 spec.schedule.overlap
             );
             tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
-            record_row(&spec.dir, &spec.schedule, instant, Status::Skipped, &note);
+            record_row(
+                &recorder,
+                &spec.schedule,
+                instant,
+                spec.dispatched_at.unwrap_or(instant),
+                Status::Skipped,
+                &note,
+            );
             done.status = Some(Status::Skipped);
             return;
         }
@@ -838,7 +862,7 @@ async fn run_fire(
         }
     };
     let id = spec.schedule.id.clone();
-    match cycle::run(spec, cancel, |_| {}).await {
+    match cycle::run(spec, &recorder, cancel, |_| {}).await {
         Ok(outcome) => done.status = Some(outcome.status),
         Err(err) => {
             tracing::error!(schedule = %id, error = %err, "cycle failed to record");
@@ -897,14 +921,22 @@ async fn run_on_escalate(
     }
 }
 
-/// Writes one cycle row off the async threads (it fsyncs).
-fn record_row(dir: &Path, schedule: &Schedule, instant: DateTime<Utc>, status: Status, note: &str) {
-    let (dir, schedule, note) = (dir.to_path_buf(), schedule.clone(), note.to_string());
-    tokio::task::spawn_blocking(move || {
-        if let Err(err) = cycle::record_cycle_row(&dir, &schedule, Some(instant), status, &note) {
-            tracing::error!(schedule = %schedule.id, error = %err, "cycle row not written");
-        }
-    });
+/// Queues one cycle row; the recorder commits it with the others of its moment.
+fn record_row(
+    recorder: &Recorder,
+    schedule: &Schedule,
+    instant: DateTime<Utc>,
+    dispatched_at: DateTime<Utc>,
+    status: Status,
+    note: &str,
+) {
+    recorder.rows_detached(vec![cycle::cycle_row(
+        schedule,
+        Some(instant),
+        dispatched_at,
+        status,
+        note,
+    )]);
 }
 
 fn rows_of(dir: &Path) -> Vec<crate::timing::Row> {
