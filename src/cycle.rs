@@ -411,6 +411,7 @@ pub async fn run(
     if let Some(last) = handoffs.last() {
         save_handoff(&dir, &spec.schedule.id, last);
     }
+    let _ = std::fs::write(run_dir.join(FINISHED), b"");
     remove_old_runs(&dir, KEEP_RUNS);
     let duration = (finished - started).to_std().unwrap_or_default();
     tracing::info!(schedule = %spec.schedule.id, cycle = %cycle, status = %status, duration = %short(duration), "cycle finished");
@@ -562,6 +563,13 @@ fn new_run_dir(
     unreachable!("the counter is unbounded")
 }
 
+/// Marks a run folder as finished: only finished runs are removed by retention.
+const FINISHED: &str = ".finished";
+/// A run folder without the marker (its process died) is removed after this long.
+const STALE_RUN: Duration = Duration::from_secs(24 * 3_600);
+
+/// Keeps the newest `keep` run folders. Folders of cycles still running (in this process or
+/// another) are never removed: without their `.finished` marker, only a day-old one goes.
 fn remove_old_runs(dir: &Path, keep: usize) {
     let runs = dir.join(STATE_DIR).join("runs");
     let Ok(entries) = std::fs::read_dir(&runs) else {
@@ -569,6 +577,7 @@ fn remove_old_runs(dir: &Path, keep: usize) {
     };
     let mut names: Vec<_> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
         .map(|e| e.file_name())
         .collect();
     if names.len() <= keep {
@@ -576,8 +585,19 @@ fn remove_old_runs(dir: &Path, keep: usize) {
     }
     // Names start with the UTC start time, so they sort by age.
     names.sort();
-    for name in &names[..names.len() - keep] {
-        let _ = std::fs::remove_dir_all(runs.join(name));
+    let mut excess = names.len() - keep;
+    for name in &names {
+        if excess == 0 {
+            break;
+        }
+        let path = runs.join(name);
+        let finished = path.join(FINISHED).exists();
+        let stale = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_RUN));
+        if (finished || stale) && std::fs::remove_dir_all(&path).is_ok() {
+            excess -= 1;
+        }
     }
 }
 
@@ -628,5 +648,41 @@ impl StatusCounts {
         let total: usize = self.0.iter().map(|(_, n)| n).sum();
         let parts: Vec<String> = self.0.iter().map(|(s, n)| format!("{n} {s}")).collect();
         format!("{total} modes: {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_never_removes_the_folder_of_a_running_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join(STATE_DIR).join("runs");
+        for i in 0..30 {
+            let run = runs.join(format!("20261121T1000{i:02}.000Z-s"));
+            std::fs::create_dir_all(&run).unwrap();
+            // The five oldest are still running; the rest are finished.
+            if i >= 5 {
+                std::fs::write(run.join(FINISHED), b"").unwrap();
+            }
+        }
+        remove_old_runs(dir.path(), 10);
+        let mut left: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 10);
+        for i in 0..5 {
+            assert!(
+                left.contains(&format!("20261121T1000{i:02}.000Z-s")),
+                "running cycle {i} lost its folder"
+            );
+        }
+        assert!(
+            left.contains(&"20261121T100029.000Z-s".to_string()),
+            "the newest stay"
+        );
     }
 }

@@ -7,6 +7,19 @@
 //! clock, instead of sleeping on a monotonic interval computed from a clock that changed.
 //! tokio's own timer measures monotonic time in milliseconds and cannot do either, which is
 //! why this small wrapper exists.
+//!
+//! A [`Wake::Due`] clears the armed instant (the timerfd has expired), so the next
+//! [`WallTimer::arm`] programs it again even for the same instant; a [`Wake::ClockChanged`]
+//! re-arms the same instant itself. The caller re-reads the clock at each wake and re-arms,
+//! so a wake that finds nothing due (the clock went back) always leaves a live timer.
+//!
+//! Under libfaketime (the `faketime` package; `tests/time.rs` drives the service with it)
+//! the same timerfd works unchanged, so there is no separate code path for tests:
+//! libfaketime 0.9.10 and later intercept `timerfd_settime` and convert an absolute expiry
+//! from the faked clock to the real one, speed-up included. What it cannot fake is the
+//! clock-set cancellation: a faked jump is seen at the next expiry, as a [`Wake::Due`] that
+//! finds nothing due (a jump back, and the re-arm above converts the instant again) or a
+//! backlog (a jump forward). Both then end as they do after [`Wake::ClockChanged`].
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -146,6 +159,20 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn rearming_the_same_instant_after_a_wake_arms_it_again() {
+        // The service re-arms the instant it woke for when the clock says it is not due yet;
+        // the timerfd expired, so skipping that arm as "unchanged" would sleep forever.
+        let mut timer = WallTimer::new().unwrap();
+        let at = Utc::now() + chrono::Duration::milliseconds(50);
+        timer.arm(Some(at)).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), timer.wait()).await;
+        assert_eq!(first.unwrap().unwrap(), Wake::Due);
+        timer.arm(Some(at)).unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(1), timer.wait()).await;
+        assert_eq!(again.expect("the re-armed timer wakes").unwrap(), Wake::Due);
     }
 
     #[tokio::test]
