@@ -168,6 +168,28 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
     reaped
 }
 
+/// SIGKILLs every group this process recorded: a forced stop. The runners then see their
+/// children die and still write their rows.
+pub fn kill_own(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(pids_dir(dir)) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut killed = 0;
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let Some(record) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok())
+        else {
+            continue;
+        };
+        if record.owner_pid == me && killpg(Pid::from_raw(record.pgid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
 fn write_rows(dir: &Path, record: &PidRecord, was_alive: bool) {
     let now = Utc::now();
     let note = sanitize_note(&format!(

@@ -723,8 +723,21 @@ impl Supervisor {
             }
         }
         if forced {
-            tracing::warn!(running = self.running(), "second SIGINT: stopping at once");
             self.cancel.cancel();
+            let killed = crate::leftover::kill_own(&self.dir);
+            tracing::warn!(
+                running = self.running(),
+                killed,
+                "second SIGINT: killed every running mode at once"
+            );
+            // The runners see their groups die and write the rows; that takes moments.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.running() > 0 {
+                tokio::select! {
+                    Some(done) = parts.done_rx.recv() => self.count_done(done),
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
         }
         self.recorder.flush().await;
         tracing::info!(left = self.running(), "stopped");

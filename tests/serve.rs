@@ -737,3 +737,47 @@ fn max_concurrent_cycles_makes_fires_wait_in_due_order() {
         "the jitter is noted in the row: {notes:?}"
     );
 }
+
+#[test]
+fn second_sigint_forces_at_once_and_still_records_the_mode() {
+    let inst = instance(
+        r#"[{ "id": "f", "task": "t", "cron": "* * * * * *", "modes": ["stubborn"] }]"#,
+        "  \"shutdown_grace\": \"30s\",\n",
+    );
+    let pids_dir = inst.path().join("pids");
+    std::fs::create_dir(&pids_dir).unwrap();
+    inst.mode(
+        "stubborn",
+        &format!("[\"{}\"]", fixture("term-sleeper.sh")),
+        &format!("prompt = \"none\"\nkill_grace = \"30s\"\nenv = {{ PIDS_DIR = \"{}\", IGNORE_TERM = \"1\" }}", pids_dir.display()),
+    );
+    let serve = Serve::start(&inst, &[]);
+    wait_until(Duration::from_secs(10), "the mode runs", || {
+        pids_dir.join("f").exists()
+    });
+    serve.signal(nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    serve.signal(nix::sys::signal::Signal::SIGINT);
+    let (code, _) = serve.stop_after_signal();
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the second SIGINT did not force: {:?}",
+        started.elapsed()
+    );
+    let statuses = inst.mode_statuses();
+    assert!(
+        statuses.contains(&("stubborn".into(), "interrupted".into())),
+        "{statuses:?}"
+    );
+    for pid in std::fs::read_to_string(pids_dir.join("f"))
+        .unwrap()
+        .split_whitespace()
+    {
+        let pid: i32 = pid.parse().unwrap();
+        wait_until(Duration::from_secs(5), "the group is gone", || {
+            !process_exists(pid)
+        });
+    }
+}
