@@ -340,6 +340,9 @@ impl Supervisor {
                         Ok(Wake::Due) => {}
                     }
                     self.dispatch_due();
+                    if self.notifier.enabled() {
+                        self.notify(self.notifier.status(&self.status_line()));
+                    }
                 }
                 Step::Watchdog => self.notify(self.notifier.watchdog()),
             }
