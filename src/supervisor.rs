@@ -48,9 +48,12 @@ use crate::timer::{Wake, WallTimer};
 use crate::timing::{Priority, Status, TimingFile};
 use crate::watch::Watcher;
 
-/// When more instants of one schedule are due at once than this (a forward clock jump, a
-/// suspended machine), the schedule fires once, for the first of them, and resumes from now.
-const MAX_BACKLOG: usize = 60;
+/// Instants due for longer than this were missed (the clock jumped forward, the machine
+/// slept), not merely reached late: the schedule fires once, for the latest of them, as cronie
+/// runs a job once after a jump and as `catch_up` does after downtime.
+const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// A step of the clock back by more than this re-arms elapsed-time schedules.
+const CLOCK_STEP_BACK: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
 /// How long the watcher waits for a burst of file events to end before reloading.
 const RELOAD_BATCH: Duration = Duration::from_millis(100);
 const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -223,6 +226,8 @@ struct Supervisor {
     notifier: Notifier,
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadResult>,
+    /// The clock at the last turn of the loop, to notice it stepping back.
+    last_now: DateTime<Utc>,
 }
 
 enum Step {
@@ -279,6 +284,7 @@ impl Supervisor {
             notifier: Notifier::from_env(),
             started_at: now,
             last_reload: None,
+            last_now: now,
         };
         Ok((
             supervisor,
@@ -327,6 +333,7 @@ impl Supervisor {
                 wake = parts.timer.wait(), if due.is_some() => Step::Due(wake),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => Step::Watchdog,
             };
+            self.observe_clock();
             match step {
                 Step::Stop(name) => break name,
                 Step::Reload(trigger) => self.reload(&trigger),
@@ -363,27 +370,54 @@ impl Supervisor {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
+            let (cron, tz) = (entry.schedule.cron.clone(), entry.schedule.timezone);
+            let Some(first) = entry.next else { continue };
             let mut instants = Vec::new();
-            let mut at = entry.next;
-            while let Some(t) = at.filter(|t| *t <= now) {
-                instants.push(t);
-                if instants.len() > MAX_BACKLOG {
-                    tracing::warn!(
-                        schedule = %id,
-                        first = %instants[0],
-                        "more than {MAX_BACKLOG} instants due at once (the clock jumped or the service was stopped); firing the first once and resuming from now"
-                    );
-                    instants.truncate(1);
-                    at = entry.schedule.cron.next_after(now, entry.schedule.timezone);
-                    break;
+            if now - first > STALE_AFTER {
+                let latest = latest_at_or_before(&cron, tz, now, first).unwrap_or(first);
+                tracing::warn!(
+                    schedule = %id,
+                    first_missed = %first,
+                    fired_for = %latest,
+                    "instants missed since {first} (the clock jumped forward or the machine slept); firing once, for the latest"
+                );
+                instants.push(latest);
+                entry.next = cron.next_after(now, tz);
+            } else {
+                let mut at = Some(first);
+                while let Some(t) = at.filter(|t| *t <= now) {
+                    instants.push(t);
+                    at = cron.next_after(t, tz);
                 }
-                at = entry.schedule.cron.next_after(t, entry.schedule.timezone);
+                entry.next = at;
             }
-            entry.next = at;
             for instant in instants {
                 self.fire(&id, instant, now);
             }
         }
+    }
+
+    /// Notices a step of the system clock back. Fixed-time schedules wait for the clock to pass
+    /// their next instant again (their instants already ran); elapsed-time schedules go on from
+    /// the new time, as cronie runs wildcard jobs, so a clock correction never pauses a loop.
+    fn observe_clock(&mut self) {
+        let now = Utc::now();
+        if now + CLOCK_STEP_BACK < self.last_now {
+            let back = self.last_now - now;
+            let mut rearmed = 0;
+            for entry in self.entries.values_mut() {
+                if entry.next.is_some() && !entry.schedule.cron.is_fixed_time() {
+                    entry.arm(now);
+                    rearmed += 1;
+                }
+            }
+            tracing::warn!(
+                back_ms = back.num_milliseconds(),
+                rearmed,
+                "the clock stepped back: elapsed-time schedules go on from now, fixed-time ones wait for the clock"
+            );
+        }
+        self.last_now = now;
     }
 
     /// One fire of a schedule: run, queue or skip it.
@@ -661,19 +695,14 @@ impl Supervisor {
                 .filter_map(|r| r.scheduled_at)
                 .max();
             let Some(last) = last else { continue };
-            // Walk from the last recorded instant to now; the final one is the missed fire.
-            let mut missed = None;
-            for t in entry
+            let missed = entry
                 .schedule
                 .cron
-                .iter_after(last, entry.schedule.timezone)
-                .take(1_000_000)
-            {
-                if t > now {
-                    break;
-                }
-                missed = Some(t);
-            }
+                .next_after(last, entry.schedule.timezone)
+                .filter(|t| *t <= now)
+                .and_then(|first| {
+                    latest_at_or_before(&entry.schedule.cron, entry.schedule.timezone, now, first)
+                });
             if let Some(instant) = missed {
                 tracing::info!(schedule = %id, scheduled_at = %instant, "catch-up: firing the instant missed while the service was down");
                 self.fire(&id, instant, now);
@@ -937,6 +966,38 @@ async fn run_on_escalate(
     }
 }
 
+/// The latest instant of `cron` at or before `now`, not before `floor`. Searches windows of
+/// growing size back from `now`, so a per-second schedule after a day of downtime costs a
+/// minute's worth of steps, not a day's.
+fn latest_at_or_before(
+    cron: &crate::cron::Cron,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+    floor: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    const WINDOWS: [i64; 6] = [
+        60,
+        3_600,
+        86_400,
+        31 * 86_400,
+        366 * 86_400,
+        5 * 366 * 86_400,
+    ];
+    for window in WINDOWS {
+        let start = (now - chrono::TimeDelta::seconds(window))
+            .max(floor - chrono::TimeDelta::nanoseconds(1));
+        let latest = cron
+            .iter_after(start, tz)
+            .take(100_000)
+            .take_while(|t| *t <= now)
+            .last();
+        if latest.is_some() || start < floor {
+            return latest;
+        }
+    }
+    None
+}
+
 /// Queues one cycle row; the recorder commits it with the others of its moment.
 fn record_row(
     recorder: &Recorder,
@@ -975,4 +1036,28 @@ fn describe_paths(dir: &Path, paths: &[PathBuf]) -> String {
         .map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string())
         .collect();
     format!("{} changed", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::Cron;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn latest_missed_instant_is_found_without_walking_the_whole_gap() {
+        let every_second = Cron::parse("* * * * * *").unwrap();
+        let now = at("2026-11-21T12:00:00.500Z");
+        let floor = at("2026-11-20T12:00:00Z");
+        assert_eq!(latest_at_or_before(&every_second, chrono_tz::UTC, now, floor), Some(at("2026-11-21T12:00:00Z")));
+        let hourly = Cron::parse("@hourly").unwrap();
+        assert_eq!(latest_at_or_before(&hourly, chrono_tz::UTC, now, floor), Some(at("2026-11-21T12:00:00Z")));
+        let yearly = Cron::parse("0 0 1 1 *").unwrap();
+        assert_eq!(latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2025-06-01T00:00:00Z")), Some(at("2026-01-01T00:00:00Z")));
+        // Nothing at or after the floor.
+        assert_eq!(latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2026-02-01T00:00:00Z")), None);
+    }
 }
