@@ -330,14 +330,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
     }
 
     for reaped in crate::leftover::reap(dir) {
-        eprintln!(
-            "terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
-            reaped.record.pgid,
-            reaped.record.label.schedule,
-            reaped.record.label.mode,
-            reaped.record.label.cycle,
-            reaped.record.owner_pid
-        );
+        eprintln!("{reaped}");
     }
     let rt = runtime();
     rt.block_on(async {

@@ -51,6 +51,17 @@ pub struct Reaped {
     pub was_alive: bool,
 }
 
+impl std::fmt::Display for Reaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.record;
+        write!(
+            f,
+            "terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
+            r.pgid, r.label.schedule, r.label.mode, r.label.cycle, r.owner_pid
+        )
+    }
+}
+
 pub fn pids_dir(dir: &Path) -> PathBuf {
     dir.join(STATE_DIR).join("pids")
 }

@@ -98,14 +98,7 @@ pub fn serve(dir: &Path) -> u8 {
         }
     };
     for reaped in crate::leftover::reap(&dir) {
-        eprintln!(
-            "serve: terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
-            reaped.record.pgid,
-            reaped.record.label.schedule,
-            reaped.record.label.mode,
-            reaped.record.label.cycle,
-            reaped.record.owner_pid
-        );
+        eprintln!("serve: {reaped}");
     }
     let rt = crate::cli::runtime();
     let code = rt.block_on(async move {
@@ -1052,12 +1045,24 @@ mod tests {
         let every_second = Cron::parse("* * * * * *").unwrap();
         let now = at("2026-11-21T12:00:00.500Z");
         let floor = at("2026-11-20T12:00:00Z");
-        assert_eq!(latest_at_or_before(&every_second, chrono_tz::UTC, now, floor), Some(at("2026-11-21T12:00:00Z")));
+        assert_eq!(
+            latest_at_or_before(&every_second, chrono_tz::UTC, now, floor),
+            Some(at("2026-11-21T12:00:00Z"))
+        );
         let hourly = Cron::parse("@hourly").unwrap();
-        assert_eq!(latest_at_or_before(&hourly, chrono_tz::UTC, now, floor), Some(at("2026-11-21T12:00:00Z")));
+        assert_eq!(
+            latest_at_or_before(&hourly, chrono_tz::UTC, now, floor),
+            Some(at("2026-11-21T12:00:00Z"))
+        );
         let yearly = Cron::parse("0 0 1 1 *").unwrap();
-        assert_eq!(latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2025-06-01T00:00:00Z")), Some(at("2026-01-01T00:00:00Z")));
+        assert_eq!(
+            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2025-06-01T00:00:00Z")),
+            Some(at("2026-01-01T00:00:00Z"))
+        );
         // Nothing at or after the floor.
-        assert_eq!(latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2026-02-01T00:00:00Z")), None);
+        assert_eq!(
+            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2026-02-01T00:00:00Z")),
+            None
+        );
     }
 }
