@@ -460,9 +460,9 @@ fn spawn_signal_cancel(cancel: CancellationToken) -> CancellationToken {
 }
 
 fn validate(dir: &Path) -> u8 {
-    let mut problems = match Config::load(dir) {
-        Ok(_) => Vec::new(),
-        Err(Problems(problems)) => problems,
+    let (config, mut problems) = match Config::load(dir) {
+        Ok(config) => (Some(config), Vec::new()),
+        Err(Problems(problems)) => (None, problems),
     };
     for (file, check) in [(TODO_FILE, true), (cycle::MEMORY_FILE, false)] {
         match std::fs::read(dir.join(file)) {
@@ -491,7 +491,6 @@ fn validate(dir: &Path) -> u8 {
         }
     }
     if problems.is_empty() {
-        let config = Config::load(dir).ok();
         let (schedules, modes) = config.map_or((0, 0), |c| (c.schedules.len(), c.modes.len()));
         println!("ok: {schedules} schedule(s), {modes} mode(s)");
         EXIT_OK

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::duration::HumanDuration;
-use crate::mode::{Mode, line_col};
+use crate::mode::Mode;
 use crate::schedule::{Schedule, ScheduleFields, ZoneField, is_slug};
 
 pub const SCHEDULES_FILE: &str = "schedules.json";
@@ -299,6 +299,11 @@ pub fn parse_schedules(
 
     let mut schedules = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut checked_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let defaults_text = file
+        .defaults
+        .as_ref()
+        .map_or(String::new(), Value::to_string);
     for (index, entry) in file.schedules.iter().enumerate() {
         let base = vec![Seg::Key("schedules".into()), Seg::Index(index)];
         let with = |key: &str| {
@@ -350,13 +355,7 @@ pub fn parse_schedules(
         }
         let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir, line);
         // serde_json's maps are sorted, so this text is canonical.
-        schedule.fingerprint = format!(
-            "{entry}|{}|{}",
-            file.defaults
-                .as_ref()
-                .map_or(String::new(), Value::to_string),
-            timezone.name()
-        );
+        schedule.fingerprint = format!("{entry}|{defaults_text}|{}", timezone.name());
         let modes_path = if fields.modes.is_some() {
             with("modes")
         } else {
@@ -411,12 +410,16 @@ pub fn parse_schedules(
                 false,
             );
         }
-        if !schedule.cwd.is_dir() {
-            report(
-                with("cwd"),
-                format!("cwd {} is not a directory", schedule.cwd.display()),
-                false,
-            );
+        // Schedules share a few directories; each is looked at once.
+        if !checked_dirs.contains(&schedule.cwd) {
+            if !schedule.cwd.is_dir() {
+                report(
+                    with("cwd"),
+                    format!("cwd {} is not a directory", schedule.cwd.display()),
+                    false,
+                );
+            }
+            checked_dirs.insert(schedule.cwd.clone());
         }
         schedules.push(schedule);
     }
@@ -582,73 +585,75 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// Byte offsets of every key and value of a JSON document, by path.
-struct Spans {
-    keys: HashMap<Vec<Seg>, usize>,
-    values: HashMap<Vec<Seg>, usize>,
+/// Positions of keys and values in a JSON document, found by walking its syntax tree along a
+/// path when asked: a file of 10,000 schedules asks for about as many positions as it has
+/// entries, so nothing is indexed up front but the line starts.
+struct Spans<'a> {
+    tree: Option<jsonc_parser::ast::Value<'a>>,
+    /// Byte offset where each line starts, for a binary search from offset to line.
+    line_starts: Vec<usize>,
 }
 
-impl Spans {
-    fn build(text: &str) -> Spans {
-        use jsonc_parser::ast;
-        use jsonc_parser::common::Ranged;
-        let mut spans = Spans {
-            keys: HashMap::new(),
-            values: HashMap::new(),
-        };
-        fn walk(spans: &mut Spans, value: &ast::Value<'_>, path: &mut Vec<Seg>) {
-            spans.values.insert(path.clone(), value.start());
-            match value {
-                ast::Value::Object(object) => {
-                    for prop in &object.properties {
-                        path.push(Seg::Key(prop.name.as_str().to_string()));
-                        spans.keys.insert(path.clone(), prop.name.start());
-                        walk(spans, &prop.value, path);
-                        path.pop();
-                    }
-                }
-                ast::Value::Array(array) => {
-                    for (i, element) in array.elements.iter().enumerate() {
-                        path.push(Seg::Index(i));
-                        walk(spans, element, path);
-                        path.pop();
-                    }
-                }
-                _ => {}
-            }
-        }
+impl<'a> Spans<'a> {
+    fn build(text: &'a str) -> Spans<'a> {
         let options = jsonc_parser::ParseOptions {
             allow_comments: false,
             allow_loose_object_property_names: false,
             allow_trailing_commas: false,
             ..Default::default()
         };
-        if let Ok(result) = jsonc_parser::parse_to_ast(text, &Default::default(), &options) {
-            if let Some(value) = &result.value {
-                walk(&mut spans, value, &mut Vec::new());
-            }
-        }
-        spans
+        let tree = jsonc_parser::parse_to_ast(text, &Default::default(), &options)
+            .ok()
+            .and_then(|r| r.value);
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Spans { tree, line_starts }
     }
 
-    /// Position of the deepest known prefix of `path` (its key when `key`, else its value).
-    fn position(&self, text: &str, path: &[Seg], key: bool) -> (usize, usize) {
-        let mut path = path.to_vec();
-        let mut want_key = key;
-        loop {
-            let found = if want_key {
-                self.keys.get(&path).or_else(|| self.values.get(&path))
-            } else {
-                self.values.get(&path)
-            };
-            if let Some(&offset) = found {
-                return line_col(text, offset);
+    /// Byte offset of the deepest node along `path` (of its key when `key` and the whole path
+    /// was found, else of its value).
+    fn offset(&self, path: &[Seg], key: bool) -> Option<usize> {
+        use jsonc_parser::ast::Value;
+        use jsonc_parser::common::Ranged;
+        let mut node = self.tree.as_ref()?;
+        let mut found = node.start();
+        for (i, seg) in path.iter().enumerate() {
+            let last = i + 1 == path.len();
+            match (seg, node) {
+                (Seg::Key(k), Value::Object(object)) => {
+                    let Some(prop) = object.properties.iter().find(|p| p.name.as_str() == k) else {
+                        break;
+                    };
+                    found = if last && key {
+                        prop.name.start()
+                    } else {
+                        prop.value.start()
+                    };
+                    node = &prop.value;
+                }
+                (Seg::Index(i), Value::Array(array)) => {
+                    let Some(element) = array.elements.get(*i) else {
+                        break;
+                    };
+                    found = element.start();
+                    node = element;
+                }
+                _ => break,
             }
-            if path.pop().is_none() {
-                return (1, 1);
-            }
-            want_key = false;
         }
+        Some(found)
+    }
+
+    /// 1-based line and column (in characters) of `path`; see [`Spans::offset`].
+    fn position(&self, text: &str, path: &[Seg], key: bool) -> (usize, usize) {
+        let Some(offset) = self.offset(path, key) else {
+            return (1, 1);
+        };
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        let column = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
+        (line, column)
     }
 }
 
