@@ -121,6 +121,8 @@ pub async fn run(
         (spec.priority == Priority::Todo).then(|| tokio::time::Instant::now() + TODO_CAP);
 
     let mut handoffs: Vec<Handoff> = Vec::new();
+    // System Updates entries of this cycle, written together before its cycle row.
+    let mut updates: Vec<(Section, String)> = Vec::new();
     let mut stopped_by: Option<(String, Status)> = None;
     let mut interrupted = false;
     let mut any_failed = false;
@@ -176,22 +178,17 @@ pub async fn run(
                     &spec, &cycle, &mode.slug, attempt, status, started_at, started_at, None, &note,
                 );
                 recorder.rows(vec![row]).await?;
-                add_memory(
-                    recorder,
-                    limits,
-                    vec![(
-                        Section::SystemUpdates,
-                        system_update(
-                            &spec.schedule.id,
-                            &mode.slug,
-                            started_at,
-                            status,
-                            Duration::ZERO,
-                            &note,
-                        ),
-                    )],
-                )
-                .await;
+                updates.push((
+                    Section::SystemUpdates,
+                    system_update(
+                        &spec.schedule.id,
+                        &mode.slug,
+                        started_at,
+                        status,
+                        Duration::ZERO,
+                        &note,
+                    ),
+                ));
                 progress(&ModeReport {
                     mode: mode.slug.clone(),
                     attempt,
@@ -337,8 +334,21 @@ pub async fn run(
                 exit_code,
                 &note,
             );
+            // The mode's own MEMORY lines are committed before its row (the recorder keeps
+            // that order), so a row on disk means its entries are too. The System Updates
+            // entry, derived from the row, joins the cycle's others in one write at the end.
+            let entries: Vec<(Section, String)> = memory
+                .into_iter()
+                .map(|(section, text)| match section.parse::<Section>() {
+                    Ok(section) => (section, text),
+                    Err(_) => (Section::SystemUpdates, format!("[{section}] {text}")),
+                })
+                .collect();
+            if !entries.is_empty() {
+                recorder.memory_detached(entries, limits);
+            }
             recorder.rows(vec![row]).await?;
-            let mut entries = vec![(
+            updates.push((
                 Section::SystemUpdates,
                 system_update(
                     &spec.schedule.id,
@@ -348,14 +358,7 @@ pub async fn run(
                     duration,
                     &note,
                 ),
-            )];
-            for (section, text) in memory {
-                match section.parse::<Section>() {
-                    Ok(section) => entries.push((section, text)),
-                    Err(_) => entries.push((Section::SystemUpdates, format!("[{section}] {text}"))),
-                }
-            }
-            add_memory(recorder, limits, entries).await;
+            ));
             for text in handoff {
                 handoffs.push(Handoff {
                     mode: mode.slug.clone(),
@@ -407,6 +410,9 @@ pub async fn run(
     let cycle_row = row(
         &spec, &cycle, "cycle", 1, status, started, finished, None, &note,
     );
+    if !updates.is_empty() {
+        recorder.memory_detached(std::mem::take(&mut updates), limits);
+    }
     recorder.rows(vec![cycle_row]).await?;
     if let Some(last) = handoffs.last() {
         save_handoff(&dir, &spec.schedule.id, last);
@@ -505,13 +511,6 @@ fn row(
         exit_code,
         cost_usd: None,
         note: sanitize_note(note),
-    }
-}
-
-async fn add_memory(recorder: &Recorder, limits: MemoryLimits, entries: Vec<(Section, String)>) {
-    // A memory entry that cannot be written is logged, and does not fail the mode it tells of.
-    if let Err(err) = recorder.memory(entries, limits).await {
-        tracing::warn!(error = %err, "memory entries not written");
     }
 }
 

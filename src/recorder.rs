@@ -6,6 +6,8 @@
 //! each. So every request goes to one thread, which takes all requests waiting at that moment
 //! and commits them together: the rows in one `append_all` (one write, one fdatasync), the
 //! memory entries in one `add_and_prune`. Each request is answered when its batch is durable.
+//! Within a batch, memory entries are committed before rows, and batches in order: so a row
+//! on disk implies that every memory entry sent before it is on disk too.
 //! A batch's I/O error is every one of its requests' error.
 
 use std::path::Path;
@@ -86,6 +88,15 @@ impl Recorder {
         }
     }
 
+    /// Queues memory entries without waiting; they are committed before any row sent after
+    /// them (see the module doc). Errors are logged by the writer.
+    pub fn memory_detached(&self, entries: Vec<(Section, String)>, limits: MemoryLimits) {
+        let (ack, _) = oneshot::channel();
+        if self.tx.send(Job::Memory(entries, limits, ack)).is_err() {
+            tracing::error!("memory entries not written: the recorder stopped");
+        }
+    }
+
     /// Adds memory entries, pruning when the file passes its limit; returns once written.
     pub async fn memory(
         &self,
@@ -131,15 +142,6 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
                 Job::Flush(ack) => flushes.push(ack),
             }
         }
-        if !row_acks.is_empty() {
-            let result = timing.append_all(&rows).map_err(|err| err.to_string());
-            if let Err(err) = &result {
-                tracing::error!(error = %err, rows = rows.len(), "rows not written");
-            }
-            for ack in row_acks {
-                let _ = ack.send(result.clone());
-            }
-        }
         if let Some(limits) = limits {
             let result = memory
                 .add_and_prune(&entries, limits)
@@ -149,6 +151,15 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
                 tracing::error!(error = %err, entries = entries.len(), "memory entries not written");
             }
             for ack in memory_acks {
+                let _ = ack.send(result.clone());
+            }
+        }
+        if !row_acks.is_empty() {
+            let result = timing.append_all(&rows).map_err(|err| err.to_string());
+            if let Err(err) = &result {
+                tracing::error!(error = %err, rows = rows.len(), "rows not written");
+            }
+            for ack in row_acks {
                 let _ = ack.send(result.clone());
             }
         }
