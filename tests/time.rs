@@ -26,7 +26,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -119,8 +118,6 @@ fn instance(timezone: &str, schedules: &[(&str, &str)]) -> Instance {
 struct Serve {
     child: Option<Child>,
     log: PathBuf,
-    /// When it was spawned, on the real clock.
-    spawned: Instant,
 }
 
 impl Serve {
@@ -134,11 +131,9 @@ impl Serve {
             .envs(clock.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        let spawned = Instant::now();
         let serve = Serve {
             child: Some(command.spawn().expect("the binary starts")),
             log,
-            spawned,
         };
         wait_until(Duration::from_secs(20), "the service serves", || {
             serve.log_text().contains("\"serving\"")
@@ -454,6 +449,14 @@ impl ClockFile {
         std::fs::rename(&tmp, &self.path).expect("rename the clock setting");
     }
 
+    /// Sets the clock between two fires: a moment after the last fire seen, so that the
+    /// service's first clock read after the change (where libfaketime applies it) is its wake
+    /// for the next instant, not the end of the cycle just seen.
+    fn set_between_fires(&self, setting: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        self.set(setting);
+    }
+
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("FAKETIME_TIMESTAMP_FILE", self.path.display().to_string()),
@@ -463,317 +466,362 @@ impl ClockFile {
     }
 }
 
-/// The `+SECONDS` offset from the real clock to `at`.
-fn offset_to(at: DateTime<Utc>) -> f64 {
-    (at - Utc::now()).num_milliseconds() as f64 / 1000.0
-}
-
 fn start_with_file(inst: &Instance, clock: &ClockFile) -> Serve {
     let env = clock.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Serve::start(inst, &env)
 }
 
-/// Records when (real clock) each fire of `id` was first seen in task_timing.tsv.
-struct Watch<'a> {
-    inst: &'a Instance,
-    id: &'a str,
-    seen: BTreeMap<DateTime<Utc>, Instant>,
+/// The tests below need the service armed before their first instant; a machine so loaded
+/// that starting took seconds makes the rest meaningless, so say so plainly.
+fn assert_armed_before(inst: &Instance, first_instant: &str) {
+    let from = armed_from(inst);
+    assert!(
+        from < utc(first_instant),
+        "the service armed its schedules at {from}, after {first_instant}: it took too long to \
+         start (machine overloaded?)"
+    );
 }
 
-impl<'a> Watch<'a> {
-    fn new(inst: &'a Instance, id: &'a str) -> Watch<'a> {
-        Watch {
-            inst,
-            id,
-            seen: BTreeMap::new(),
-        }
+/// Every second from `from` to `to` inclusive: plain UTC arithmetic, no cron code.
+fn every_second(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at <= to {
+        out.push(at);
+        at += TimeDelta::seconds(1);
     }
-
-    fn poll(&mut self) {
-        let now = Instant::now();
-        for t in fired(&cycle_rows(self.inst), self.id) {
-            self.seen.entry(t).or_insert(now);
-        }
-    }
-
-    fn until(&mut self, limit: Duration, what: &str, check: impl Fn(&Self) -> bool) {
-        wait_until(limit, what, || {
-            self.poll();
-            check(self)
-        });
-    }
-
-    fn last(&self) -> Option<DateTime<Utc>> {
-        self.seen.keys().next_back().copied()
-    }
+    out
 }
 
-/// Instants from the first to the last of `fired`, one step apart, none twice.
-fn assert_contiguous(id: &str, fired: &[DateTime<Utc>], step: TimeDelta) {
-    for pair in fired.windows(2) {
-        assert_eq!(
-            pair[1] - pair[0],
-            step,
-            "{id}: {} follows {} (a re-fired, missing or foreign instant)",
-            pair[1],
-            pair[0]
+/// `id`'s instants in the order task_timing.tsv holds its cycle rows, which is the order they
+/// were dispatched in: every cycle here ends within milliseconds, long before the next fire
+/// of its schedule.
+fn fired_in_order(rows: &[Row], id: &str) -> Vec<DateTime<Utc>> {
+    rows.iter()
+        .filter(|r| r.schedule == id)
+        .filter_map(|r| r.scheduled_at)
+        .collect()
+}
+
+type Instants = [DateTime<Utc>];
+
+/// Instants in dispatch order, split at the first one earlier than the one before it: what
+/// fired before the clock stepped back and what after. `None` while there is no such step.
+fn split_at_step_back(seq: &Instants) -> Option<(&Instants, &Instants)> {
+    let at = seq.windows(2).position(|pair| pair[1] < pair[0])? + 1;
+    Some(seq.split_at(at))
+}
+
+/// The one cycle row of `id` for `instant`.
+fn row_for<'a>(rows: &'a [Row], id: &str, instant: &str) -> &'a Row {
+    let at = utc(instant);
+    let found: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.schedule == id && r.scheduled_at == Some(at))
+        .collect();
+    assert_eq!(found.len(), 1, "{id}: {} cycle rows for {at}", found.len());
+    found[0]
+}
+
+/// Every row of `id` dispatched at its instant or up to `within` after it: one fire per
+/// instant as the clock reaches it, no backlog fired late in a burst.
+fn assert_on_time(rows: &[Row], id: &str, within: TimeDelta) {
+    for r in rows.iter().filter(|r| r.schedule == id) {
+        let at = r.scheduled_at.expect("a fire has its instant");
+        let late = r.started_at - at;
+        assert!(
+            late >= TimeDelta::zero() && late < within,
+            "{id}: {at} was dispatched at {} ({} ms late; at most {} ms expected)",
+            r.started_at,
+            late.num_milliseconds(),
+            within.num_milliseconds()
         );
     }
 }
 
-/// A forward jump of 2 hours: a schedule with more than 60 instants due at once (per second:
-/// ~7200, per minute: 120) fires once, for the first of them, and resumes from now; one with
-/// fewer (every 5 minutes: 24) fires each of them once.
+fn assert_all_ok(rows: &[Row]) {
+    for r in rows {
+        assert_eq!(
+            r.status.as_str(),
+            "ok",
+            "{} at {:?}: {}",
+            r.schedule,
+            r.scheduled_at,
+            r.note
+        );
+    }
+}
+
+/// Two forward jumps at 1×. One of ~40 s is a late wake: every instant has been due for less
+/// than a minute, so each missed second fires, once, at the wake. One of 2 hours leaves
+/// instants due for longer than a minute, which were missed: each schedule fires once, for
+/// its latest instant at or before the new time, and resumes from there. By hand: the jump
+/// lands at 14:00:55.05, so that is 14:00:00 for per-minute and every-5-min (not 12:02 or
+/// 12:05, and not 24 fires), 13:30 for the fixed time inside the gap, and the second of the
+/// dispatch for per-second.
 #[test]
-fn forward_jump_of_two_hours_fires_a_long_backlog_once_and_a_short_one_whole() {
+fn forward_jump_fires_a_late_wake_whole_and_missed_hours_once_for_the_latest_instant() {
     let schedules = [
         ("per-second", "* * * * * *"),
         ("per-minute", "0 * * * * *"),
         ("every-5-min", "0 */5 * * * *"),
+        ("half-past-one", "0 30 13 * * *"),
     ];
     let inst = instance("UTC", &schedules);
-    let start = utc("2026-06-01T12:00:50Z");
-    let offset = offset_to(start);
-    let clock = ClockFile::new(inst.path(), &format!("{offset:+.3} x10"));
+    let clock = ClockFile::new(inst.path(), "@2026-06-01 12:00:55 x1");
     let serve = start_with_file(&inst, &clock);
-    wait_for_fire(
-        &inst,
-        "per-minute",
-        "2026-06-01T12:01:00Z",
-        Duration::from_secs(30),
-    );
-    clock.set(&format!("{:+.3} x10", offset + 7_200.0));
-    wait_for_fire(
-        &inst,
-        "per-minute",
-        "2026-06-01T14:02:00Z",
-        Duration::from_secs(60),
-    );
-    wait_for_fire(
-        &inst,
-        "per-second",
-        "2026-06-01T14:02:01Z",
-        Duration::from_secs(30),
-    );
+    assert_armed_before(&inst, "2026-06-01T12:01:00Z");
+    let limit = Duration::from_secs(30);
+    wait_for_fire(&inst, "per-minute", "2026-06-01T12:01:00Z", limit);
+    clock.set_between_fires("@2026-06-01 12:01:40.5 x1");
+    wait_for_fire(&inst, "per-second", "2026-06-01T12:01:42Z", limit);
+    clock.set_between_fires("@2026-06-01 14:00:55.05 x1");
+    wait_for_fire(&inst, "per-minute", "2026-06-01T14:01:00Z", limit);
+    wait_for_fire(&inst, "per-second", "2026-06-01T14:01:01Z", limit);
     assert_eq!(serve.stop(), Some(0), "serve exits 0");
     let rows = cycle_rows(&inst);
-    let jumped = utc("2026-06-01T13:00:00Z");
-    let after_jump = |id: &str| -> Vec<&Row> {
-        rows.iter()
-            .filter(|r| r.schedule == id && r.started_at >= jumped)
-            .collect()
-    };
+    assert_all_ok(&rows);
 
-    // The jump's backlog was dispatched at one moment, by the first wake after the jump.
-    let dispatched = after_jump("every-5-min")
-        .iter()
-        .map(|r| r.started_at)
-        .min()
-        .expect("every-5-min fired after the jump");
-    assert!(dispatched >= utc("2026-06-01T14:00:00Z"));
-    let resumed_second = dispatched.duration_trunc_secs() + TimeDelta::seconds(1);
-
-    // every-5-min: 24 instants due at once (≤ 60), each fired once, all at that moment.
-    let five = fired(&rows, "every-5-min");
     assert_eq!(
-        five,
-        every(5, "2026-06-01T12:05:00Z", "2026-06-01T14:00:00Z"),
-        "every missed instant of every-5-min fires once"
-    );
-    assert!(
-        after_jump("every-5-min")
-            .iter()
-            .all(|r| r.started_at == dispatched),
-        "the 24 instants are dispatched together"
-    );
-
-    // per-minute: 12:01 on time, the backlog of 120 as one fire for 12:02, then 14:02.
-    let minute: Vec<DateTime<Utc>> = fired(&rows, "per-minute")
-        .into_iter()
-        .filter(|t| *t <= utc("2026-06-01T14:02:00Z"))
-        .collect();
-    assert_eq!(
-        minute,
+        fired(&rows, "per-minute"),
         [
             utc("2026-06-01T12:01:00Z"),
-            utc("2026-06-01T12:02:00Z"),
-            utc("2026-06-01T14:02:00Z"),
+            utc("2026-06-01T14:00:00Z"),
+            utc("2026-06-01T14:01:00Z"),
         ],
-        "per-minute: one fire for the 120 missed minutes, then on time from now"
+        "per-minute: 12:01 on time, one fire for the 120 missed minutes (the latest, 14:00), \
+         then 14:01 on time"
     );
-    let backlog: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.schedule == "per-minute" && r.scheduled_at == Some(minute[1]))
-        .collect();
-    assert_eq!(backlog[0].started_at, dispatched, "12:02 fires at the jump");
-
-    // per-second: on time up to the jump, one fire for the first missed second, then every
-    // second from the moment of the jump on.
-    let per_second: Vec<&Row> = rows.iter().filter(|r| r.schedule == "per-second").collect();
-    let instant = |r: &&Row| r.scheduled_at.expect("a fire has its instant");
-    let mut on_time: Vec<DateTime<Utc>> = per_second
-        .iter()
-        .filter(|r| r.started_at < jumped)
-        .map(instant)
-        .collect();
-    on_time.sort();
-    assert_contiguous(
-        "per-second before the jump",
-        &on_time,
-        TimeDelta::seconds(1),
-    );
-    let late: Vec<&&Row> = per_second
-        .iter()
-        .filter(|r| r.started_at >= jumped && instant(r) < jumped)
-        .collect();
-    assert_eq!(late.len(), 1, "one fire for the ~7200 missed seconds");
     assert_eq!(
-        instant(late[0]),
-        *on_time.last().expect("fired before the jump") + TimeDelta::seconds(1),
-        "the backlog fire is the first missed second"
+        fired(&rows, "every-5-min"),
+        [utc("2026-06-01T14:00:00Z")],
+        "every-5-min: one fire for its 24 missed instants, for the latest"
     );
-    assert_eq!(late[0].started_at, dispatched, "it fires at the jump");
-    let mut after: Vec<DateTime<Utc>> = per_second
-        .iter()
-        .filter(|r| instant(r) >= jumped)
-        .map(instant)
-        .collect();
-    after.sort();
     assert_eq!(
-        after.first().copied(),
-        Some(resumed_second),
-        "per-second resumes at the first second after the jump"
+        fired(&rows, "half-past-one"),
+        [utc("2026-06-01T13:30:00Z")],
+        "a fixed time the jump passed over fires once"
     );
-    assert_contiguous("per-second after the jump", &after, TimeDelta::seconds(1));
-    assert!(rows.iter().all(|r| r.status.as_str() == "ok"));
-}
 
-trait TruncSecs {
-    fn duration_trunc_secs(self) -> Self;
-}
+    let jump = utc("2026-06-01T13:00:00Z");
+    let (before, after): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = fired(&rows, "per-second")
+        .into_iter()
+        .partition(|t| *t < jump);
+    let (first, last) = (before[0], *before.last().expect("fired before the jump"));
+    assert!(first <= utc("2026-06-01T12:01:00Z") && last >= utc("2026-06-01T12:01:42Z"));
+    assert_eq!(
+        before,
+        every_second(first, last),
+        "per-second up to the 2-hour jump: every second once, the ~40 that the short jump \
+         passed over included"
+    );
+    let late = row_for(&rows, "per-second", "2026-06-01T12:01:20Z").started_at;
+    assert!(
+        late >= utc("2026-06-01T12:01:40.5Z"),
+        "12:01:20 fires late, at the wake after the short jump (dispatched {late})"
+    );
+    assert_eq!(
+        row_for(&rows, "per-second", "2026-06-01T12:01:40Z").started_at,
+        late,
+        "the seconds the short jump passed over are dispatched together"
+    );
 
-impl TruncSecs for DateTime<Utc> {
-    fn duration_trunc_secs(self) -> Self {
-        DateTime::from_timestamp(self.timestamp(), 0).expect("in range")
+    // The wake that noticed the 2-hour jump dispatched one fire of each schedule.
+    let woke = row_for(&rows, "per-minute", "2026-06-01T14:00:00Z").started_at;
+    assert!(
+        woke >= utc("2026-06-01T14:00:55.05Z") && woke < utc("2026-06-01T14:00:58Z"),
+        "the jump is noticed at the service's next wake (dispatched {woke})"
+    );
+    for (id, at) in [
+        ("every-5-min", "2026-06-01T14:00:00Z"),
+        ("half-past-one", "2026-06-01T13:30:00Z"),
+    ] {
+        assert_eq!(
+            row_for(&rows, id, at).started_at,
+            woke,
+            "{id} fires at that wake"
+        );
     }
+    let latest_second = DateTime::from_timestamp(woke.timestamp(), 0).expect("in range");
+    assert_eq!(
+        after.first(),
+        Some(&latest_second),
+        "per-second: one fire for the ~7200 missed seconds, for the latest second at or \
+         before the wake ({woke})"
+    );
+    assert_eq!(
+        row_for(&rows, "per-second", &latest_second.to_rfc3339()).started_at,
+        woke,
+        "per-second fires at that wake"
+    );
+    assert_eq!(
+        after,
+        every_second(latest_second, *after.last().expect("fired after the jump")),
+        "per-second then fires every second from the new time on"
+    );
+    assert!(*after.last().expect("fired") >= utc("2026-06-01T14:01:01Z"));
 }
 
-/// A backward jump of exactly 1 hour at 600× speed: nothing already fired fires again, the
-/// repeated hour adds no fire, and the per-minute schedule is silent until the clock passes
-/// its next instant again (an hour of faked time, ~6 s here), then fires every minute.
+/// The clock steps back ~10 minutes (12:05:02 → 11:55:00.5) and is re-lived at 60×.
+/// Elapsed-time schedules go on from the new time at once, every minute, so their instants of
+/// 12:00–12:05 fire again; the fixed-time ones wait for the clock: 12:05:00, which already ran,
+/// never runs again, and the seconds of 12:05 that had not run yet run once. An hour field
+/// of `*` makes a schedule elapsed-time even with a fixed minute.
 #[test]
-fn backward_jump_of_one_hour_refires_nothing_and_a_per_minute_schedule_waits_for_the_clock() {
-    let schedules = [("per-minute", "0 * * * * *")];
+fn backward_jump_rearms_elapsed_time_schedules_at_once_and_never_reruns_a_fixed_time() {
+    let schedules = [
+        ("per-minute", "0 * * * * *"),
+        ("every-5-min", "0 */5 * * * *"),
+        ("five-past-each-hour", "0 5 * * * *"),
+        ("noon-five", "0 5 12 * * *"),
+        ("each-second-of-noon-five", "* 5 12 * * *"),
+    ];
     let inst = instance("UTC", &schedules);
-    let offset = offset_to(utc("2026-06-01T12:00:30Z"));
-    let clock = ClockFile::new(inst.path(), &format!("{offset:+.3} x600"));
+    let clock = ClockFile::new(inst.path(), "@2026-06-01 12:04:55 x1");
     let serve = start_with_file(&inst, &clock);
-    let mut watch = Watch::new(&inst, "per-minute");
-    watch.until(Duration::from_secs(30), "per-minute fires at 12:03", |w| {
-        w.last() >= Some(utc("2026-06-01T12:03:00Z"))
-    });
-    clock.set(&format!("{:+.3} x600", offset - 3_600.0));
-    let jumped = Instant::now();
-    watch.until(
-        Duration::from_secs(60),
-        "per-minute fires again, well after the jump",
-        |w| {
-            w.seen
-                .values()
-                .filter(|seen| **seen > jumped + Duration::from_secs(2))
-                .count()
-                >= 3
+    assert_armed_before(&inst, "2026-06-01T12:05:00Z");
+    let limit = Duration::from_secs(30);
+    for id in [
+        "per-minute",
+        "every-5-min",
+        "five-past-each-hour",
+        "noon-five",
+    ] {
+        wait_for_fire(&inst, id, "2026-06-01T12:05:00Z", limit);
+    }
+    wait_for_fire(
+        &inst,
+        "each-second-of-noon-five",
+        "2026-06-01T12:05:02Z",
+        limit,
+    );
+    clock.set_between_fires("@2026-06-01 11:55:00.5 x60");
+    let stepped = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "per-minute fires again after the clock stepped back",
+        || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "per-minute")).is_some(),
+    );
+    let resumed_after = stepped.elapsed();
+    wait_for_fire(&inst, "per-minute", "2026-06-01T12:06:00Z", limit);
+    assert_eq!(serve.stop(), Some(0), "serve exits 0");
+    let rows = cycle_rows(&inst);
+    assert_all_ok(&rows);
+
+    // At 60×, 11:56:00 is a second after the step back: the service noticed the step at its
+    // next wake, not when the clock came back to 12:06 (10 s later).
+    assert!(
+        resumed_after < Duration::from_secs(5),
+        "per-minute fired again {resumed_after:?} after the clock stepped back"
+    );
+    let mut per_minute = vec![utc("2026-06-01T12:05:00Z")];
+    per_minute.extend(every(1, "2026-06-01T11:56:00Z", "2026-06-01T12:06:00Z"));
+    assert_eq!(
+        fired_in_order(&rows, "per-minute"),
+        per_minute,
+        "per-minute: 12:05, then from the new time every minute, 12:05 again included"
+    );
+    assert_eq!(
+        fired_in_order(&rows, "every-5-min"),
+        [
+            utc("2026-06-01T12:05:00Z"),
+            utc("2026-06-01T12:00:00Z"),
+            utc("2026-06-01T12:05:00Z"),
+        ],
+        "every-5-min goes on from the new time too"
+    );
+    assert_eq!(
+        fired_in_order(&rows, "five-past-each-hour"),
+        [utc("2026-06-01T12:05:00Z"), utc("2026-06-01T12:05:00Z")],
+        "`0 5 * * * *` is elapsed-time (its hour field is `*`): 12:05 runs again"
+    );
+    assert_eq!(
+        fired(&rows, "noon-five"),
+        [utc("2026-06-01T12:05:00Z")],
+        "the fixed time 12:05, which ran before the step back, does not run again"
+    );
+    assert_eq!(
+        fired(&rows, "each-second-of-noon-five"),
+        every_second(utc("2026-06-01T12:05:00Z"), utc("2026-06-01T12:05:59Z")),
+        "each second of the fixed 12:05 runs once: those that ran before the step back not \
+         again, the others when the clock reaches them"
+    );
+    // One fire per minute as the clock reaches it: nothing dispatched late in a burst.
+    assert_on_time(&rows, "per-minute", TimeDelta::seconds(30));
+    assert_on_time(&rows, "every-5-min", TimeDelta::seconds(30));
+}
+
+/// The clock steps back ~5 s (12:05:02 → 12:04:57.05) at 1×. per-second goes on from the
+/// new time at once, one fire a second on time, re-firing the seconds it had fired; per-minute
+/// fires 12:05 again; the fixed time 12:05, which already ran, does not.
+#[test]
+fn backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns_a_fixed_time() {
+    let schedules = [
+        ("per-second", "* * * * * *"),
+        ("per-minute", "0 * * * * *"),
+        ("noon-five", "0 5 12 * * *"),
+    ];
+    let inst = instance("UTC", &schedules);
+    let clock = ClockFile::new(inst.path(), "@2026-06-01 12:04:55 x1");
+    let serve = start_with_file(&inst, &clock);
+    assert_armed_before(&inst, "2026-06-01T12:05:00Z");
+    let limit = Duration::from_secs(30);
+    wait_for_fire(&inst, "noon-five", "2026-06-01T12:05:00Z", limit);
+    wait_for_fire(&inst, "per-minute", "2026-06-01T12:05:00Z", limit);
+    wait_for_fire(&inst, "per-second", "2026-06-01T12:05:02Z", limit);
+    clock.set_between_fires("@2026-06-01 12:04:57.05 x1");
+    let stepped = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "per-second fires again after the clock stepped back",
+        || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "per-second")).is_some(),
+    );
+    let resumed_after = stepped.elapsed();
+    wait_until(
+        Duration::from_secs(30),
+        "per-second reaches 12:05:03 again",
+        || {
+            let seq = fired_in_order(&cycle_rows(&inst), "per-second");
+            split_at_step_back(&seq)
+                .is_some_and(|(_, after)| after.last() >= Some(&utc("2026-06-01T12:05:03Z")))
         },
     );
     assert_eq!(serve.stop(), Some(0), "serve exits 0");
-    watch.poll();
-
-    let minutes = fired(&cycle_rows(&inst), "per-minute");
-    assert_eq!(
-        minutes.first(),
-        Some(&utc("2026-06-01T12:01:00Z")),
-        "nothing of the repeated hour (11:0x) fires"
-    );
-    assert_contiguous("per-minute", &minutes, TimeDelta::minutes(1));
-    // The silence: the last fire before the jump and the first after it are seconds apart on
-    // the real clock, while one faked minute takes 0.1 s.
-    let seen: Vec<(DateTime<Utc>, Instant)> = watch.seen.iter().map(|(t, i)| (*t, *i)).collect();
-    let gap = seen
-        .windows(2)
-        .map(|pair| pair[1].1.duration_since(pair[0].1))
-        .max()
-        .expect("several fires");
-    assert!(
-        gap >= Duration::from_secs(3),
-        "per-minute fired again after {gap:?}: it did not wait for the clock to re-live the hour"
-    );
-    assert!(cycle_rows(&inst).iter().all(|r| r.status.as_str() == "ok"));
-}
-
-/// A backward jump of one hour for a per-second schedule: nothing already fired fires again
-/// and the schedule waits for the clock to pass its next instant. The hour is re-lived at 600×
-/// (`@DATE x600`), then the clock slows to 1× shortly before that instant (`@DATE x1`), so the
-/// first fire after the jump can be seen to come exactly when the clock reaches it. With
-/// `@DATE`, libfaketime applies the jump at the service's next clock read, so the jump is one
-/// hour to within the second between two fires.
-#[test]
-fn backward_jump_of_one_hour_refires_nothing_and_a_per_second_schedule_waits_for_the_clock() {
-    let schedules = [("per-second", "* * * * * *")];
-    let inst = instance("UTC", &schedules);
-    let start = utc("2026-06-01T12:00:57Z");
-    let clock = ClockFile::new(
-        inst.path(),
-        &format!("@{} x1", start.format("%Y-%m-%d %H:%M:%S")),
-    );
-    let serve = start_with_file(&inst, &clock);
-    let mut watch = Watch::new(&inst, "per-second");
-    watch.until(
-        Duration::from_secs(30),
-        "per-second fires at 12:01:01",
-        |w| w.last() >= Some(utc("2026-06-01T12:01:01Z")),
-    );
-    let faked_now = start
-        + TimeDelta::from_std(serve.spawned.elapsed()).expect("elapsed")
-        + TimeDelta::milliseconds(500);
-    let back = faked_now - TimeDelta::hours(1);
-    clock.set(&format!("@{} x600", back.format("%Y-%m-%d %H:%M:%S")));
-    // The service applies the jump at its next wake (within a second); its cycles end soon
-    // after. The re-lived hour takes 6 s at 600x: slow down well before its end.
-    std::thread::sleep(Duration::from_millis(2_500));
-    watch.poll();
-    let last_before = watch.last().expect("fired before the jump");
-    let slow_down_at = last_before + TimeDelta::seconds(1) - TimeDelta::seconds(3);
-    clock.set(&format!("@{} x1", slow_down_at.format("%Y-%m-%d %H:%M:%S")));
-    let next = last_before + TimeDelta::seconds(1);
-    watch.until(
-        Duration::from_secs(60),
-        "per-second fires again after the jump",
-        |w| w.last() >= Some(next + TimeDelta::seconds(2)),
-    );
-    assert_eq!(serve.stop(), Some(0), "serve exits 0");
-    watch.poll();
-
     let rows = cycle_rows(&inst);
-    let seconds = fired(&rows, "per-second");
+    assert_all_ok(&rows);
+
     assert!(
-        seconds.iter().all(|t| *t > start),
-        "nothing of the repeated hour fires"
+        resumed_after < Duration::from_secs(5),
+        "per-second fired again {resumed_after:?} after the clock stepped back"
     );
-    assert_contiguous("per-second", &seconds, TimeDelta::seconds(1));
-    let first_after = rows
-        .iter()
-        .find(|r| r.scheduled_at == Some(next))
-        .expect("the next second fires");
-    assert!(
-        first_after.started_at >= next && first_after.started_at - next < TimeDelta::seconds(2),
-        "{next} fires when the clock reaches it again (started {})",
-        first_after.started_at
+    let seq = fired_in_order(&rows, "per-second");
+    let (before, after) = split_at_step_back(&seq).expect("a step back");
+    let last_before = *before.last().expect("fired before");
+    assert!(last_before >= utc("2026-06-01T12:05:02Z"));
+    assert_eq!(
+        before,
+        every_second(before[0], last_before),
+        "per-second before the step back: every second once"
     );
-    let gap = watch.seen[&next].duration_since(watch.seen[&last_before]);
-    assert!(
-        gap >= Duration::from_secs(3),
-        "per-second fired again after {gap:?}: it did not wait for the clock to re-live the hour"
+    assert_eq!(
+        after,
+        every_second(
+            utc("2026-06-01T12:04:58Z"),
+            *after.last().expect("fired after")
+        ),
+        "per-second after the step back: from 12:04:58 (the first second after the new time \
+         12:04:57.05), every second once, with no gap and no second twice"
     );
-    assert!(rows.iter().all(|r| r.status.as_str() == "ok"));
+    assert_on_time(&rows, "per-second", TimeDelta::seconds(1));
+    assert_eq!(
+        fired_in_order(&rows, "per-minute"),
+        [utc("2026-06-01T12:05:00Z"), utc("2026-06-01T12:05:00Z")],
+        "per-minute fires 12:05 again when the clock reaches it again"
+    );
+    assert_eq!(
+        fired(&rows, "noon-five"),
+        [utc("2026-06-01T12:05:00Z")],
+        "the fixed time 12:05 ran before the step back and does not run again"
+    );
 }
