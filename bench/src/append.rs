@@ -330,31 +330,35 @@ fn measure_cell(
 }
 
 pub fn figure(size: Size) -> Figure {
+    // Rows per side and cell, split over rounds that alternate ours and raw: fdatasync
+    // latency on a shared disk drifts by 10x within minutes, and many short alternating
+    // rounds let both sides see the same drift.
     let (sync_count, nosync_count, rounds) = match size {
-        Size::Full => (1500, 30_000, 3),
-        Size::Quick => (250, 5_000, 2),
-        Size::Smoke => (30, 300, 1),
+        Size::Full => (2400, 48_000, 8),
+        Size::Quick => (400, 8_000, 4),
+        Size::Smoke => (32, 320, 1),
     };
+    let per_round = |total: usize, procs: usize| (total / rounds / procs).max(1);
     let cells = [
         Cell {
             procs: 1,
             sync: true,
-            count: sync_count,
+            count: per_round(sync_count, 1),
         },
         Cell {
             procs: 8,
             sync: true,
-            count: sync_count / 8,
+            count: per_round(sync_count, 8),
         },
         Cell {
             procs: 1,
             sync: false,
-            count: nosync_count,
+            count: per_round(nosync_count, 1),
         },
         Cell {
             procs: 8,
             sync: false,
-            count: nosync_count / 8,
+            count: per_round(nosync_count, 8),
         },
     ];
     let mut figure = Figure::new(
@@ -364,9 +368,9 @@ pub fn figure(size: Size) -> Figure {
             "`TimingFile::append` of a {{len}}-byte mode row (open, flock, write, fdatasync, \
              close per row) against a raw loop of flock(LOCK_EX) + one write of the same bytes \
              on an O_APPEND fd kept open (+ fdatasync) + unlock, each on its own file. \
-             Rows per cell: {sync_count} with fdatasync, {nosync_count} without, split over \
-             the processes; {rounds} round(s) alternating ours/raw, median throughput, p99 \
-             over all appends."
+             Rows per side and cell: {sync_count} with fdatasync, {nosync_count} without, in \
+             {rounds} round(s) alternating ours/raw and split over the processes; median \
+             round throughput, p99 over all appends."
         ),
     );
     let dir = match sys::tempdir() {

@@ -50,8 +50,11 @@ impl Size {
     }
 }
 
+/// Measures one figure at a size.
+type Measure = fn(Size) -> Figure;
+
 /// The figures, in file order: number, name, and how to measure it.
-const FIGURES: [(u8, &str, fn(Size) -> Figure); 8] = [
+const FIGURES: [(u8, &str, Measure); 8] = [
     (1, "fire", fire::fire_figure),
     (2, "idle", fire::idle_figure),
     (3, "append", append::figure),
@@ -62,7 +65,7 @@ const FIGURES: [(u8, &str, fn(Size) -> Figure); 8] = [
     (8, "scale", scale::figure),
 ];
 
-const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.draft.md");
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
 
 const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] [--out FILE]
 figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale";
@@ -154,7 +157,9 @@ fn main() -> ExitCode {
     for number in &args.figures {
         let (_, name, measure) = FIGURES[usize::from(*number) - 1];
         eprintln!("figure {number} ({name}), {}", args.size.as_str());
+        let t = Instant::now();
         let figure = measure(args.size);
+        eprintln!("figure {number} took {:.1} s", t.elapsed().as_secs_f64());
         print!("{}", report::rows(&figure));
         figures.push(figure);
     }

@@ -44,6 +44,8 @@ pub struct Line {
     pub baseline: String,
     /// `ours / baseline`.
     pub ratio: Option<f64>,
+    /// The ratio is an upper bound (ours was below the resolution).
+    pub ratio_bound: bool,
     pub target: String,
     pub verdict: Verdict,
 }
@@ -56,6 +58,7 @@ impl Line {
             ours: "–".into(),
             baseline: "–".into(),
             ratio: None,
+            ratio_bound: false,
             target: "–".into(),
             verdict: Verdict::Info,
         }
@@ -141,7 +144,11 @@ pub fn rows(figure: &Figure) -> String {
             line.metric,
             line.ours,
             line.baseline,
-            ratio_cell(line.ratio),
+            if line.ratio_bound {
+                format!("< {}", ratio_cell(line.ratio))
+            } else {
+                ratio_cell(line.ratio)
+            },
             line.target,
             line.verdict.cell()
         );

@@ -7,19 +7,22 @@
 //! log live outside the instance directory so they never trigger a reload. While the
 //! binary has no `serve` (it exits at once saying so) every figure here reports
 //! "needs serve" instead of a value.
+//!
+//! The readiness and reload figures rely on sd_notify; a `serve` that never sends
+//! `READY=1` is given a one-second settle instead (figures 1, 2, 8), and fails figure 7.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use loop_orchestrator::timing::{CYCLE_MODE, TimingFile};
+use loop_orchestrator::timing::{CYCLE_MODE, Status, TimingFile};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::Size;
-use crate::fire::{self, Fire, FireStats, Idle};
+use crate::fire::{self, Fire, FireStats};
 use crate::instance;
 use crate::report::{Figure, Line, Verdict};
 use crate::stats;
@@ -200,7 +203,7 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
     trivial_instance(&dir, schedules, n)?;
     let serve = start_ready(&dir, root.path())?;
     let window = fire::window_from_now(secs);
-    fire::sleep_until_second(window.end, Duration::from_millis(1500));
+    fire::sleep_until_second(window.end, Duration::from_millis(1000));
     serve.stop(Duration::from_secs(35))?;
 
     let log = TimingFile::new(dir.join("task_timing.tsv"))
@@ -227,25 +230,40 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
                 job: *index.get(r.schedule.as_str())?,
                 second: scheduled.timestamp(),
                 lateness_ms: (r.started_at - scheduled).num_microseconds()? as f64 / 1e3,
+                skipped: r.status == Status::Skipped,
             })
         })
         .collect();
     Ok(fire::analyse(&fires, n, window))
 }
 
-/// Figure 2, ours: `jobs` hourly schedules that do not come due while measured.
-pub fn idle_ours(jobs: usize, secs: u64) -> Result<Idle, Unmeasured> {
-    let root = sys::tempdir()?;
-    let dir = root.path().join("instance");
-    let cron = format!("0 {} * * * *", fire::far_minute());
-    let schedules = (0..jobs)
-        .map(|i| json!({ "id": format!("h-{i:02}"), "task": "idle", "cron": cron, "modes": ["noop"] }))
-        .collect();
-    trivial_instance(&dir, schedules, 1)?;
-    let serve = start_ready(&dir, root.path())?;
-    let idle = fire::measure_idle(serve.pid(), Duration::from_secs(1), secs)?;
-    serve.stop(Duration::from_secs(35))?;
-    Ok(idle)
+/// Figure 2, ours: `serve` with hourly schedules that do not come due while measured.
+pub struct IdleServe {
+    serve: Serve,
+    _root: tempfile::TempDir,
+}
+
+impl IdleServe {
+    pub fn start(jobs: usize) -> Result<IdleServe, Unmeasured> {
+        let root = sys::tempdir()?;
+        let dir = root.path().join("instance");
+        let cron = format!("0 {} * * * *", fire::far_minute());
+        let schedules = (0..jobs)
+            .map(|i| json!({ "id": format!("h-{i:02}"), "task": "idle", "cron": cron, "modes": ["noop"] }))
+            .collect();
+        trivial_instance(&dir, schedules, 1)?;
+        let serve = start_ready(&dir, root.path())?;
+        Ok(IdleServe { serve, _root: root })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.serve.pid()
+    }
+
+    pub fn stop(self) -> Result<(), Unmeasured> {
+        self.serve.stop(Duration::from_secs(35))?;
+        Ok(())
+    }
 }
 
 /// Figure 8, second line: RSS of serve holding the schedules of the instance at `dir`
@@ -283,49 +301,305 @@ pub fn serve_rss(dir: &Path, case: &str, judged: bool) -> Line {
     }
 }
 
-/// Figure 6: SIGTERM with 100 running modes. Hook: 100 schedules firing at one instant,
-/// `max_concurrent_cycles = 100`, a mode that exits on TERM (e.g. `sleep 600`) and one
-/// that ignores it (`trap '' TERM` then sleep) with a short `kill_grace`; when all 100
-/// children run (`pgrep -P`), time `Serve::stop` and count `interrupted` rows.
-pub fn shutdown_figure(_size: Size) -> Figure {
+/// `(pid, ppid, pgrp)` of every process, from `/proc/PID/stat`.
+fn processes() -> Vec<(u32, u32, u32)> {
+    let Ok(listing) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    listing
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let _state = fields.next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            let pgrp = fields.next()?.parse().ok()?;
+            Some((pid, ppid, pgrp))
+        })
+        .collect()
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.1 == pid)
+        .map(|p| p.0)
+        .collect()
+}
+
+/// A 6-field cron expression for the UTC second `at` (a fixed time, fires once a day).
+fn cron_at(at: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    format!("{} {} {} * * *", at.second(), at.minute(), at.hour())
+}
+
+/// What one shutdown measurement found.
+struct Shutdown {
+    exit_after: Duration,
+    status: ExitStatus,
+    interrupted_modes: usize,
+    interrupted_cycles: usize,
+    survivors: usize,
+}
+
+/// `count` schedules fire at one instant into a mode that runs `command`; once all
+/// `count` children run, SIGTERM, and time the exit.
+fn shutdown_case(count: usize, command: &str, kill_grace: &str) -> Result<Shutdown, Unmeasured> {
+    let root = sys::tempdir()?;
+    let dir = root.path().join("instance");
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let schedules = (0..count)
+        .map(|i| json!({ "id": format!("t-{i:03}"), "task": "wait", "cron": cron_at(at), "modes": ["wait"] }))
+        .collect();
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&instance::schedules_json(schedules, count))
+            .map_err(|e| e.to_string())?;
+    doc["shutdown_grace"] = json!("0s");
+    instance::write(&dir, "schedules.json", &doc.to_string())?;
+    instance::write(
+        &dir,
+        "modes/wait.md",
+        &format!(
+            "+++\nname = \"wait\"\ncommand = {command}\nprompt = \"none\"\nkill_grace = \"{kill_grace}\"\n+++\n# wait\n"
+        ),
+    )?;
+    instance::fresh_memory(&dir)?;
+    let serve = start_ready(&dir, root.path())?;
+    let pid = serve.pid();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let children = loop {
+        let children = children_of(pid);
+        if children.len() >= count {
+            break children;
+        }
+        if Instant::now() > deadline {
+            return Err(Unmeasured::Error(format!(
+                "only {} of {count} modes running 12 s after their fire",
+                children.len()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let the last ones get past exec.
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let status = serve.stop(Duration::from_secs(120))?;
+    let exit_after = start.elapsed();
+    let groups: std::collections::HashSet<u32> = children.into_iter().collect();
+    let survivors = processes().iter().filter(|p| groups.contains(&p.2)).count();
+    let log = TimingFile::new(dir.join("task_timing.tsv"))
+        .read()
+        .map_err(|e| e.to_string())?;
+    let interrupted = |cycle: bool| {
+        log.rows
+            .iter()
+            .filter(|r| (r.mode == CYCLE_MODE) == cycle && r.status == Status::Interrupted)
+            .count()
+    };
+    Ok(Shutdown {
+        exit_after,
+        status,
+        interrupted_modes: interrupted(false),
+        interrupted_cycles: interrupted(true),
+        survivors,
+    })
+}
+
+/// Figure 6: SIGTERM with 100 running modes that exit on TERM, and with 100 that ignore
+/// it (then the service's SIGKILL after `kill_grace` ends them).
+pub fn shutdown_figure(size: Size) -> Figure {
+    let count = if size == Size::Smoke { 10 } else { 100 };
+    let kill_grace = 2;
     let mut figure = Figure::new(
         6,
         "Shutdown",
-        "SIGTERM to `serve` with 100 running modes that exit on TERM, and with 100 that \
-         ignore it: time to exit, and 100 `interrupted` rows each time. No baseline.",
+        format!(
+            "{count} schedules fire at one instant (`max_concurrent_cycles = {count}`, \
+             `shutdown_grace = \"0s\"` so that termination starts at once); when all {count} \
+             modes run, SIGTERM to `serve` and time until it exits. Modes: `sleep 600` (exits \
+             on TERM) and `bash -c \"trap '' TERM; sleep 600\"` (ignores it; `kill_grace = \
+             \"{kill_grace}s\"`). Rows: mode rows `interrupted`. No baseline."
+        ),
     );
-    for (case, target) in [
-        ("100 modes exit on TERM", "≤ 1 s"),
-        ("100 modes ignore TERM", "≤ kill_grace + 1 s"),
-    ] {
-        figure.lines.push(
-            Line::new(case, "time to exit")
-                .target(target, Verdict::Info)
-                .pending(NEEDS_SERVE),
-        );
-        figure.lines.push(
-            Line::new(case, "`interrupted` rows")
-                .target("100", Verdict::Info)
-                .pending(NEEDS_SERVE),
-        );
+    let judged = size != Size::Smoke;
+    let cases = [
+        ("exit on TERM", r#"["sleep", "600"]"#, 1.0),
+        (
+            "ignore TERM",
+            r#"["bash", "-c", "trap '' TERM; sleep 600"]"#,
+            kill_grace as f64 + 1.0,
+        ),
+    ];
+    for (name, command, limit_s) in cases {
+        let case = format!("{count} modes {name}");
+        eprintln!("  figure 6: {case}");
+        let target = if limit_s > 1.0 {
+            format!("≤ kill_grace + 1 s = {limit_s:.0} s")
+        } else {
+            "≤ 1 s".into()
+        };
+        match shutdown_case(count, command, &format!("{kill_grace}s")) {
+            Ok(s) => {
+                let secs = s.exit_after.as_secs_f64();
+                let judge = |ok: bool| {
+                    if judged {
+                        Verdict::judge(ok)
+                    } else {
+                        Verdict::Info
+                    }
+                };
+                figure.lines.push(
+                    Line::new(&case, "SIGTERM to exit")
+                        .ours(stats::ms(secs * 1e3))
+                        .target(target, judge(secs <= limit_s && s.status.success())),
+                );
+                figure.lines.push(
+                    Line::new(&case, "`interrupted` mode rows")
+                        .ours(format!(
+                            "{} ({} cycle rows)",
+                            s.interrupted_modes, s.interrupted_cycles
+                        ))
+                        .target(count.to_string(), judge(s.interrupted_modes == count)),
+                );
+                if !s.status.success() {
+                    figure
+                        .errors
+                        .push(format!("{case}: serve exited with {}", s.status));
+                }
+                if s.survivors > 0 {
+                    figure.errors.push(format!(
+                        "{case}: {} processes of the modes' groups survived the service",
+                        s.survivors
+                    ));
+                }
+            }
+            Err(u) => {
+                let cell = u.cell(&mut figure, &case);
+                figure.lines.push(
+                    Line::new(&case, "SIGTERM to exit")
+                        .target(target, Verdict::Info)
+                        .pending(&cell),
+                );
+            }
+        }
     }
     figure
 }
 
-/// Figure 7: reload latency. Hook: with serve ready, write schedules.json.tmp and rename
-/// it over schedules.json; time until `RELOADING=1` then `READY=1` arrive on the notify
-/// socket (or the reload log line), median of several renames.
-pub fn reload_figure(_size: Size) -> Figure {
+/// Sends the reload and waits for `READY=1` after `RELOADING=1` with the expected status.
+fn timed_reload(serve: &mut Serve, dir: &Path, count: usize) -> Result<Duration, Unmeasured> {
+    let schedules = (0..count)
+        .map(|i| json!({ "id": format!("r-{i:03}"), "task": "reload", "cron": "0 0 3 * * *", "modes": ["noop"] }))
+        .collect();
+    let text = instance::schedules_json(schedules, 1);
+    let temp = dir.join("schedules.json.new");
+    std::fs::write(&temp, text).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    while serve.notify.recv(&mut buf).is_ok() {}
+    let start = Instant::now();
+    std::fs::rename(&temp, dir.join("schedules.json")).map_err(|e| e.to_string())?;
+    let expected = format!("STATUS={count} schedules ({count} armed)");
+    let mut reloading = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        if let Ok(n) = serve.notify.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]);
+            reloading |= message.lines().any(|l| l == "RELOADING=1");
+            if reloading && message.lines().any(|l| l == "READY=1") {
+                let elapsed = start.elapsed();
+                if !message.lines().any(|l| l.starts_with(&expected)) {
+                    return Err(Unmeasured::Error(format!(
+                        "reloaded, but the status is not {expected:?}: {message:?}"
+                    )));
+                }
+                return Ok(elapsed);
+            }
+        }
+    }
+    Err(Unmeasured::Error(
+        "no RELOADING=1 then READY=1 within 5 s of the rename".into(),
+    ))
+}
+
+/// Figure 7: from an atomic rename of schedules.json to the service ready with the new
+/// schedule armed (its `READY=1` after `RELOADING=1`, whose status counts the armed
+/// schedules).
+pub fn reload_figure(size: Size) -> Figure {
+    let (runs, gap_ms) = match size {
+        Size::Full => (11, 1500),
+        Size::Quick => (3, 1000),
+        Size::Smoke => (2, 500),
+    };
     let mut figure = Figure::new(
         7,
         "Reload",
-        "Time from an atomic rename of schedules.json to the new schedule being armed \
-         (sd_notify READY=1 after RELOADING=1, or the log line). No baseline.",
+        format!(
+            "With `serve` ready, schedules.json.new (one more schedule each time) is renamed over \
+             schedules.json; time from the rename to sd_notify `READY=1` following \
+             `RELOADING=1` with a status naming every schedule armed. {runs} renames, \
+             {gap_ms} ms apart. No baseline."
+        ),
     );
-    figure.lines.push(
-        Line::new("rename of schedules.json", "time to armed")
-            .target("≤ 250 ms", Verdict::Info)
-            .pending(NEEDS_SERVE),
-    );
+    let judged = size != Size::Smoke;
+    let case = "rename of schedules.json";
+    let measured = (|| -> Result<Vec<Duration>, Unmeasured> {
+        let root = sys::tempdir()?;
+        let dir = root.path().join("instance");
+        let schedules = vec![
+            json!({ "id": "r-000", "task": "reload", "cron": "0 0 3 * * *", "modes": ["noop"] }),
+        ];
+        trivial_instance(&dir, schedules, 1)?;
+        let mut serve = Serve::start(&dir, root.path())?;
+        if !serve.wait_ready(Duration::from_secs(10))? {
+            return Err(Unmeasured::Error(
+                "serve sent no READY=1 within 10 s".into(),
+            ));
+        }
+        let mut times = Vec::new();
+        for run in 0..runs {
+            std::thread::sleep(Duration::from_millis(gap_ms));
+            times.push(timed_reload(&mut serve, &dir, run + 2)?);
+        }
+        serve.stop(Duration::from_secs(35))?;
+        Ok(times)
+    })();
+    match measured {
+        Ok(times) => {
+            let samples = stats::Samples::from_durations_ms(&times);
+            figure.lines.push(
+                Line::new(case, "rename to armed, median")
+                    .ours(stats::ms(samples.median()))
+                    .target(
+                        "≤ 250 ms",
+                        if judged {
+                            Verdict::judge(samples.median() <= 250.0)
+                        } else {
+                            Verdict::Info
+                        },
+                    ),
+            );
+            figure.lines.push(
+                Line::new(case, "rename to armed, max")
+                    .ours(stats::ms(samples.max()))
+                    .target(
+                        "≤ 250 ms",
+                        if judged {
+                            Verdict::judge(samples.max() <= 250.0)
+                        } else {
+                            Verdict::Info
+                        },
+                    ),
+            );
+        }
+        Err(u) => {
+            let cell = u.cell(&mut figure, case);
+            figure.lines.push(
+                Line::new(case, "rename to armed")
+                    .target("≤ 250 ms", Verdict::Info)
+                    .pending(&cell),
+            );
+        }
+    }
     figure
 }

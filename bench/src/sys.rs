@@ -65,7 +65,7 @@ pub struct ProcSample {
 fn status_field(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
-        .and_then(|rest| rest.trim().split_whitespace().next())
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
 

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# A few seconds of every benchmark, proving the harness still works (CI runs this; the
+# figures it prints are not judged). The real run: cargo run --release -p bench -- all --write
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p loop-orchestrator -p bench
+cargo run --release --locked -p bench -- all --smoke
