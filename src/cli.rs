@@ -196,7 +196,9 @@ fn init_logging(cli: &Cli) {
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Plain if under_systemd => builder.without_time().with_ansi(false).try_init(),
-        LogFormat::Plain => builder.try_init(),
+        LogFormat::Plain => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }
 
@@ -329,6 +331,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
         return EXIT_OK;
     }
 
+    let _registration = crate::leftover::register(dir);
     for reaped in crate::leftover::reap(dir) {
         eprintln!("{reaped}");
     }

@@ -95,7 +95,8 @@ pub async fn run(
     mut progress: impl FnMut(&ModeReport),
 ) -> Result<CycleOutcome, CycleError> {
     let started = spec.dispatched_at.unwrap_or_else(Utc::now);
-    let dir = spec.dir.clone();
+    // Absolute, so LOOP_DIR and the files it names mean the same from any working directory.
+    let dir = std::fs::canonicalize(&spec.dir).unwrap_or_else(|_| spec.dir.clone());
     let (cycle, run_dir) = new_run_dir(&dir, &spec.schedule.id, started)?;
     let limits = MemoryLimits {
         max_lines: spec.memory.max_lines,

@@ -125,18 +125,112 @@ fn group_alive(pgid: i32) -> bool {
         })
 }
 
+fn supervisors_dir(dir: &Path) -> PathBuf {
+    dir.join(STATE_DIR).join("supervisors")
+}
+
+/// This process's registration as a supervisor of `dir`, removed when dropped (a clean exit).
+pub struct Registration(Option<PathBuf>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Registers this process as a supervisor of `dir` for as long as the returned value lives.
+pub fn register(dir: &Path) -> Registration {
+    let folder = supervisors_dir(dir);
+    let path = folder.join(supervisor_tag());
+    match std::fs::create_dir_all(&folder).and_then(|()| std::fs::write(&path, b"")) {
+        Ok(()) => Registration(Some(path)),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot register this supervisor; a crash would leave unrecorded children unreaped");
+            Registration(None)
+        }
+    }
+}
+
+/// The value of `LOOP_SUPERVISOR` this process gives its children: `<pid>:<start time>`.
+pub fn supervisor_tag() -> String {
+    let me = std::process::id();
+    format!("{me}:{}", start_time(me as i32).unwrap_or(0))
+}
+
+/// Processes of this instance (`LOOP_DIR`) whose supervisor (`LOOP_SUPERVISOR`) is dead: what
+/// pid records cannot show — a child killed between its spawn and its record, or a descendant
+/// that left its process group. Only processes of this user can be read, which are the only
+/// ones a supervisor of this user could have started.
+fn strays(dir: &Path) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let want_dir = format!("LOOP_DIR={}", dir.display());
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for pid in entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if pid == me {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        if !vars.contains(&want_dir.as_bytes()) {
+            continue;
+        }
+        let Some(tag) = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(b"LOOP_SUPERVISOR="))
+        else {
+            continue;
+        };
+        let tag = String::from_utf8_lossy(tag).into_owned();
+        let Some((owner, start)) = tag.split_once(':') else {
+            continue;
+        };
+        let (Ok(owner), Ok(start)) = (owner.parse::<i32>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if !alive_as_recorded(owner, Some(start)) && proc_running(pid) {
+            found.push((pid, tag));
+        }
+    }
+    found
+}
+
+fn proc_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|r| !r.1.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// Terminates the groups of dead owners and removes their records. Rows of the interrupted
 /// modes and cycles go to `task_timing.tsv`.
 pub fn reap(dir: &Path) -> Vec<Reaped> {
-    let Ok(entries) = std::fs::read_dir(pids_dir(dir)) else {
-        return Vec::new();
-    };
     let mut reaped = Vec::new();
-    for path in entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-    {
+    let records: Vec<PathBuf> = std::fs::read_dir(pids_dir(dir))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    for path in records {
         let Some(record) = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<PidRecord>(&b).ok())
@@ -147,6 +241,13 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
         if alive_as_recorded(record.owner_pid as i32, record.owner_start) {
             continue; // its supervisor still runs and will finish the job
         }
+        // Two processes may start at once (a `serve` and a `run-cycle`): the one whose rename
+        // succeeds owns the record; the other finds it gone and leaves it.
+        let claimed = path.with_extension(format!("reaping-{}", std::process::id()));
+        if std::fs::rename(&path, &claimed).is_err() {
+            continue;
+        }
+        let path = claimed;
         // The pgid cannot be reused while a member lives; a living leader that started at
         // another time is a stranger who took the number after the group died.
         let leader_is_stranger = start_time(record.pgid).is_some()
@@ -175,6 +276,48 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
         write_rows(dir, &record, was_alive);
         let _ = std::fs::remove_file(&path);
         reaped.push(Reaped { record, was_alive });
+    }
+    // Whatever is still running for a dead supervisor, recorded or not. Only a supervisor
+    // that died leaves its registration behind, so a clean history costs no scan of /proc.
+    let dead: Vec<PathBuf> = std::fs::read_dir(supervisors_dir(dir))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let Some((pid, start)) = name.split_once(':') else {
+                        return true;
+                    };
+                    !alive_as_recorded(pid.parse().unwrap_or(0), start.parse().ok())
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    let strays = if dead.is_empty() {
+        Vec::new()
+    } else {
+        strays(dir)
+    };
+    for path in dead {
+        let _ = std::fs::remove_file(path);
+    }
+    if !strays.is_empty() {
+        for (pid, _) in &strays {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while strays.iter().any(|(pid, _)| proc_running(*pid))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (pid, tag) in &strays {
+            if proc_running(*pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+            tracing::warn!(pid, supervisor = %tag, "unrecorded process of a supervisor that died; terminated");
+        }
     }
     reaped
 }

@@ -305,37 +305,30 @@ impl MemoryDoc {
 
     /// Which entries a prune removes, in the order they go to the archive, and how
     /// many of them are duplicates.
+    ///
+    /// Cutting entries out verbatim can change how the text left around them parses: a
+    /// paragraph followed by `---` becomes a setext heading once the list between them
+    /// is gone, and a list left starting at `3.` can no longer interrupt a paragraph, so
+    /// its items become paragraph text. The plan is checked by parsing its result; if
+    /// that moved any non-entry text or turned a kept entry into something else, the
+    /// plan is made again one entry at a time, keeping every entry whose removal would.
+    /// Keeping an entry never loses anything; the file may then end above the target.
     fn prune_plan(&self, target_lines: usize) -> (Vec<usize>, usize) {
-        let mut removed = vec![false; self.entries.len()];
-        // Newest first, so the first copy seen is the one kept.
-        let mut seen = HashSet::new();
-        let mut duplicates = 0;
-        for (index, entry) in self.entries.iter().enumerate().rev() {
-            if !seen.insert((entry.section, dedupe_key(&entry.text))) {
-                removed[index] = true;
-                duplicates += 1;
-            }
+        let skeleton = self.skeleton();
+        let keyed = self.keyed_entries();
+        let keeps_layout = |removed: &[bool]| self.keeps_layout(removed, &skeleton, &keyed);
+        let mut plan = self.choose_removals(target_lines, |_| true);
+        if !keeps_layout(&plan.0) {
+            let checked = self.choose_removals(target_lines, keeps_layout);
+            tracing::warn!(
+                planned = plan.0.iter().filter(|r| **r).count(),
+                removed = checked.0.iter().filter(|r| **r).count(),
+                "persistent memory: kept entries whose removal would change how the text \
+                 around them parses"
+            );
+            plan = checked;
         }
-        let span_lines = |e: &Entry| count_lines(&self.text[e.span.clone()]);
-        let mut lines = self.line_count()
-            - self
-                .entries
-                .iter()
-                .zip(&removed)
-                .filter(|(_, r)| **r)
-                .map(|(e, _)| span_lines(e))
-                .sum::<usize>();
-        'outer: for section in Section::PRUNE_ORDER {
-            for (index, entry) in self.entries.iter().enumerate() {
-                if lines <= target_lines {
-                    break 'outer;
-                }
-                if entry.section == section && !removed[index] {
-                    removed[index] = true;
-                    lines -= span_lines(entry);
-                }
-            }
-        }
+        let (removed, duplicates) = plan;
         let indices = removed
             .iter()
             .enumerate()
@@ -343,6 +336,76 @@ impl MemoryDoc {
             .map(|(i, _)| i)
             .collect();
         (indices, duplicates)
+    }
+
+    /// Marks the entries to remove (duplicates, then the oldest by section until the
+    /// file has at most `target_lines` lines), each only if `allowed` accepts the
+    /// removals so far with it; and counts the duplicates removed.
+    fn choose_removals(
+        &self,
+        target_lines: usize,
+        allowed: impl Fn(&[bool]) -> bool,
+    ) -> (Vec<bool>, usize) {
+        let mut removed = vec![false; self.entries.len()];
+        let try_remove = |removed: &mut Vec<bool>, index: usize| {
+            removed[index] = true;
+            let ok = allowed(removed);
+            removed[index] = ok;
+            ok
+        };
+        // Newest first, so the first copy seen is the one kept.
+        let mut seen = HashSet::new();
+        let mut duplicates = 0;
+        for (index, entry) in self.entries.iter().enumerate().rev() {
+            if !seen.insert((entry.section, dedupe_key(&entry.text)))
+                && try_remove(&mut removed, index)
+            {
+                duplicates += 1;
+            }
+        }
+        let span_lines = |index: usize| count_lines(&self.text[self.entries[index].span.clone()]);
+        let mut lines = self.line_count().saturating_sub(
+            (0..removed.len())
+                .filter(|&i| removed[i])
+                .map(span_lines)
+                .sum(),
+        );
+        // An entry refused in one pass can become removable once later ones are gone
+        // (all of `1. x` `2. y` can go where `1. x` alone cannot), so passes repeat
+        // while they remove something and the file is still too long.
+        loop {
+            let mut progress = false;
+            'outer: for section in Section::PRUNE_ORDER {
+                for (index, entry) in self.entries.iter().enumerate() {
+                    if lines <= target_lines {
+                        break 'outer;
+                    }
+                    if entry.section == section
+                        && !removed[index]
+                        && try_remove(&mut removed, index)
+                    {
+                        lines = lines.saturating_sub(span_lines(index));
+                        progress = true;
+                    }
+                }
+            }
+            if !progress || lines <= target_lines {
+                return (removed, duplicates);
+            }
+        }
+    }
+
+    /// Whether the text without the `removed` entries parses as the same skeleton with
+    /// exactly the other entries, in order, in the same sections.
+    fn keeps_layout(&self, removed: &[bool], skeleton: &str, keyed: &[(Section, String)]) -> bool {
+        let indices: Vec<usize> = (0..removed.len()).filter(|&i| removed[i]).collect();
+        let after = MemoryDoc::parse(&self.without(&indices));
+        let kept = keyed
+            .iter()
+            .zip(removed)
+            .filter(|(_, r)| !**r)
+            .map(|(k, _)| k);
+        after.skeleton() == skeleton && after.keyed_entries().iter().eq(kept)
     }
 
     /// The document with `entries` appended to their sections, or the section whose
@@ -391,7 +454,7 @@ impl MemoryDoc {
     fn insertion(&self, section: Section, block: String) -> (usize, String) {
         let text = &self.text;
         let newline_before = |at: usize| {
-            if at > 0 && !text[..at].ends_with('\n') {
+            if at > 0 && !text[..at].ends_with(['\n', '\r']) {
                 "\n"
             } else {
                 ""
@@ -432,15 +495,16 @@ fn last_content_end(text: &str, from: usize, to: usize) -> usize {
     }
 }
 
-/// Lines as `wc -l` counts them, plus a final unterminated line.
+/// Lines as `wc -l` counts them, plus a final unterminated line; a bare `\r` ends a
+/// line too, as it does for the markdown parser.
 fn count_lines(text: &str) -> usize {
-    text.lines().count()
+    split_lines(text).count()
 }
 
 /// A list item as it is written: `- first` and continuation lines indented by two.
 fn format_entry(text: &str) -> String {
     let mut out = String::from("-");
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in split_lines(text).enumerate() {
         if index > 0 {
             out.push('\n');
         }
@@ -454,9 +518,11 @@ fn format_entry(text: &str) -> String {
 }
 
 /// What a caller hands to `add`, made ready for [`format_entry`]: no surrounding blank
-/// lines, no list marker of its own. `None` for an empty text.
+/// lines, no list marker of its own, and only `\n` line endings: a bare `\r` (which
+/// markdown reads as a line ending) becomes a continuation line, so it cannot end the
+/// item where the formatting does not expect. `None` for an empty text.
 fn clean_entry(text: &str) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = split_lines(text).collect();
     let first = lines.iter().position(|l| !l.trim().is_empty())?;
     let last = lines.iter().rposition(|l| !l.trim().is_empty())?;
     let mut kept: Vec<String> = lines[first..=last].iter().map(|l| l.to_string()).collect();
@@ -539,7 +605,10 @@ fn scan(text: &str) -> Scanned {
                         for pair in list_items.windows(2) {
                             let next_start = items[pair[1]].lines.start;
                             let item = &mut items[pair[0]];
-                            if text[item.span.end..next_start].trim().is_empty() {
+                            if text
+                                .get(item.span.end..next_start)
+                                .is_some_and(|gap| gap.trim().is_empty())
+                            {
                                 item.span.end = next_start;
                             }
                         }
@@ -562,7 +631,7 @@ fn scan(text: &str) -> Scanned {
 /// The text of a list item without its marker, continuation lines dedented by the
 /// marker's width (lazy continuation lines keep what they have).
 fn item_text(raw: &str) -> String {
-    let mut lines = raw.lines();
+    let mut lines = split_lines(raw);
     let Some(first) = lines.next() else {
         return String::new();
     };
@@ -592,25 +661,67 @@ fn item_text(raw: &str) -> String {
     out
 }
 
+/// The start of the line containing byte `at`. Line endings are CommonMark's: `\n`,
+/// `\r\n` and a bare `\r`, because that is where pulldown-cmark ends lines; an offset on
+/// the `\n` of a `\r\n` belongs to the line that pair ends.
 fn line_start(text: &str, at: usize) -> usize {
-    text[..at].rfind('\n').map_or(0, |i| i + 1)
+    let at = if text[..at].ends_with('\r') && text[at..].starts_with('\n') {
+        at - 1
+    } else {
+        at
+    };
+    text[..at].rfind(['\n', '\r']).map_or(0, |i| i + 1)
 }
 
-/// The end of the line containing byte `at`, past its newline.
+/// The end of the line containing byte `at`, past its line ending.
 fn line_end(text: &str, at: usize) -> usize {
-    text[at..].find('\n').map_or(text.len(), |i| at + i + 1)
+    match text[at..].find(['\n', '\r']) {
+        Some(i) if text[at + i..].starts_with("\r\n") => at + i + 2,
+        Some(i) => at + i + 1,
+        None => text.len(),
+    }
 }
 
 /// `end` moved past the rest of its line, unless it already ends one.
 fn through_line_end(text: &str, end: usize) -> usize {
     if end == 0 || text[..end].ends_with('\n') {
         end
+    } else if text[..end].ends_with('\r') {
+        // Past the `\n` of a `\r\n`, so a heading never ends between the two.
+        end + usize::from(text[end..].starts_with('\n'))
     } else {
         line_end(text, end)
     }
 }
 
-/// Line numbers for byte offsets that arrive in ascending order.
+/// The lines of `text` without their endings, split where [`line_start`] splits them;
+/// like [`str::lines`], a final line ending does not start another line.
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = line_end(rest, 0);
+        let line = &rest[..end - line_ending_len(&rest[..end])];
+        rest = &rest[end..];
+        Some(line)
+    })
+}
+
+/// The length of the line ending at the end of `line`: 2 for `\r\n`, 1 for `\n` or
+/// `\r`, 0 for none.
+fn line_ending_len(line: &str) -> usize {
+    if line.ends_with("\r\n") {
+        2
+    } else {
+        usize::from(line.ends_with(['\n', '\r']))
+    }
+}
+
+/// Line numbers for byte offsets that arrive in ascending order. They count `\n` only,
+/// as `grep -n`, `sed` and editors in Unix mode number lines, so a stray `\r` does not
+/// shift the number a person looks the entry up by.
 struct LineIndex<'a> {
     text: &'a str,
     at: usize,
@@ -1548,6 +1659,90 @@ Commands\n--------\n\
         assert_eq!(back, [text]);
         assert_eq!(entry_key("  a\n  b\t c "), "a b c");
         assert_eq!(dedupe_key("2026-11-21T10:00:03Z  x  y"), "x y");
+    }
+
+    /// A forced prune of `text` to `target_lines`: the kept entries, the archived ones,
+    /// after checking that the skeleton is unchanged.
+    fn pruned(text: &str, target_lines: usize) -> (Vec<String>, Vec<String>) {
+        let doc = MemoryDoc::parse(text);
+        let plan = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 8,
+                target_lines,
+            },
+            true,
+        );
+        let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
+        assert_eq!(after.skeleton(), doc.skeleton(), "{:?}", after.render());
+        let kept = after.all_entries().iter().map(|e| e.text.clone()).collect();
+        (kept, plan.archive.into_iter().map(|(_, t)| t).collect())
+    }
+
+    #[test]
+    fn bare_cr_does_not_panic_or_merge_paragraphs() {
+        for text in ["-\r-", "- a\r- b\r\n- c\rpara\r", "\r\r- x\r\n\r"] {
+            assert_eq!(MemoryDoc::parse(text).render(), text);
+        }
+        // `-\r` is an empty item; `.` over `-` is a setext heading, not part of it.
+        let text = "\n\n# Implementation Patterns\n-\r.\n-";
+        let doc = MemoryDoc::parse(text);
+        assert_eq!(doc.entries(Section::ImplementationPatterns), [""]);
+        assert_eq!(doc.skeleton(), "\n\n# Implementation Patterns\n.\n-");
+        assert_eq!(pruned(text, 0), (vec![], vec!["".into()]));
+
+        let text = "## Commands\r- a\r  b\r\rpara\r- c\r\n- d";
+        let doc = MemoryDoc::parse(text);
+        assert_eq!(doc.entries(Section::Commands), ["a\nb", "c", "d"]);
+        assert_eq!(doc.skeleton(), "## Commands\r\rpara\r");
+        // Limits count every line ending the parser sees; line numbers count `\n` only.
+        assert_eq!(doc.line_count(), 7);
+        let entries = doc.all_entries();
+        assert_eq!(entries[0].lines, 2);
+        assert_eq!(
+            entries.iter().map(|e| e.line).collect::<Vec<_>>(),
+            [1, 1, 2]
+        );
+        assert_eq!(count_lines("a\rb\r\nc\n\rd"), 5);
+        assert_eq!(count_lines("a\r\n\r\n"), 2);
+    }
+
+    #[test]
+    fn prune_never_turns_a_paragraph_into_a_setext_heading() {
+        // Without `- x`, `para` over `---` would be a heading and `y` no entry.
+        let (kept, archived) = pruned("## Commands\npara\n- x\n---\n- y\n", 4);
+        assert_eq!((kept, archived), (vec!["x".into()], vec!["y".into()]));
+    }
+
+    #[test]
+    fn prune_keeps_an_ordered_list_a_list() {
+        // `3. z` right after `para` would be paragraph text: only `1.` interrupts one.
+        let text = "## Commands\npara\n1. x\n2. y\n3. z\n## System Updates\n";
+        let (kept, archived) = pruned(text, 4);
+        assert_eq!(kept, ["x"]);
+        assert_eq!(archived, ["y", "z"]);
+        // Once y and z are gone, x can go too.
+        let (kept, archived) = pruned(text, 0);
+        assert!(kept.is_empty());
+        assert_eq!(archived, ["x", "y", "z"]);
+    }
+
+    #[test]
+    fn add_turns_a_bare_cr_in_an_entry_into_a_continuation_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .add(&[(Section::Commands, "first\rsecond\r- not an entry\r".into())])
+            .unwrap();
+        let text = fs::read_to_string(store.memory_path()).unwrap();
+        assert!(
+            text.contains("## Commands\n- first\n  second\n  - not an entry\n## System"),
+            "{text:?}"
+        );
+        assert_eq!(
+            store.read().unwrap().entries(Section::Commands),
+            ["first\nsecond\n- not an entry"]
+        );
     }
 
     fn keys(texts: &[String]) -> Vec<String> {

@@ -113,7 +113,14 @@ impl Recorder {
     }
 }
 
+/// Memory entries kept for another try after a failed write (a full disk), at most this many.
+const MAX_PENDING: usize = 10_000;
+
 fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
+    // Entries whose write failed, retried with the next batch: a disk that fills up for a
+    // while delays them instead of losing them.
+    let mut pending: Vec<(Section, String)> = Vec::new();
+    let mut pending_limits = None;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -142,13 +149,26 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
                 Job::Flush(ack) => flushes.push(ack),
             }
         }
-        if let Some(limits) = limits {
+        if let Some(limits) = limits.or(pending_limits) {
+            let mut all = std::mem::take(&mut pending);
+            let retried = all.len();
+            all.extend(entries);
             let result = memory
-                .add_and_prune(&entries, limits)
+                .add_and_prune(&all, limits)
                 .map(|_| ())
                 .map_err(|err| err.to_string());
-            if let Err(err) = &result {
-                tracing::error!(error = %err, entries = entries.len(), "memory entries not written");
+            match &result {
+                Ok(()) if retried > 0 => {
+                    tracing::info!(retried, "memory entries written after an earlier failure")
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    let dropped = all.len().saturating_sub(MAX_PENDING);
+                    all.drain(..dropped);
+                    tracing::error!(error = %err, kept = all.len(), dropped, "memory entries not written; kept for the next write");
+                    pending = all;
+                    pending_limits = Some(limits);
+                }
             }
             for ack in memory_acks {
                 let _ = ack.send(result.clone());

@@ -270,6 +270,11 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
     for var in SERVICE_ONLY_ENV {
         cmd.env_remove(var);
     }
+    if record.is_some() {
+        // Marks the child and all it starts, so a later supervisor can find them even when
+        // this one dies before the pid record is written.
+        cmd.env("LOOP_SUPERVISOR", crate::leftover::supervisor_tag());
+    }
     if wants_file {
         cmd.env("LOOP_PROMPT_FILE", &prompt_file);
     }

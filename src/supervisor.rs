@@ -97,6 +97,7 @@ pub fn serve(dir: &Path) -> u8 {
             return EXIT_INVALID;
         }
     };
+    let _registration = crate::leftover::register(&dir);
     for reaped in crate::leftover::reap(&dir) {
         eprintln!("serve: {reaped}");
     }
@@ -522,7 +523,16 @@ impl Supervisor {
         let failures = entry.streak;
         entry.escalated = true;
         entry.next = None;
-        entry.queued = None;
+        if let Some(instant) = entry.queued.take() {
+            record_row(
+                &self.recorder,
+                &entry.schedule,
+                instant,
+                Utc::now(),
+                Status::Skipped,
+                "not started: the schedule escalated while it was queued",
+            );
+        }
         entry.streak = 0;
         let schedule = entry.schedule.clone();
         tracing::warn!(schedule = %id, failures, "escalated: paused until its entry changes or `resume {id}`");
@@ -624,8 +634,18 @@ impl Supervisor {
                         }
                     }
                 }
-                for id in self.entries.keys() {
+                for (id, entry) in &self.entries {
                     tracing::info!(schedule = %id, "removed: no more fires; a running cycle finishes");
+                    if let Some(instant) = entry.queued {
+                        record_row(
+                            &self.recorder,
+                            &entry.schedule,
+                            instant,
+                            now,
+                            Status::Skipped,
+                            "not started: the schedule was removed while it was queued",
+                        );
+                    }
                 }
                 let removed = self.entries.len();
                 self.entries = next_entries;
@@ -713,8 +733,18 @@ impl Supervisor {
         self.notify(self.notifier.stopping());
         let grace = self.config.shutdown_grace;
         tracing::info!(signal = signal_name, running = self.running(), grace = %short(grace), "stopping: no new fires");
+        let now = Utc::now();
         for entry in self.entries.values_mut() {
-            entry.queued = None;
+            if let Some(instant) = entry.queued.take() {
+                record_row(
+                    &self.recorder,
+                    &entry.schedule,
+                    instant,
+                    now,
+                    Status::Interrupted,
+                    "not started: the service stopped while it was queued",
+                );
+            }
         }
         let deadline = tokio::time::Instant::now() + grace;
         let mut forced = false;

@@ -934,9 +934,15 @@ mod tests {
         std::thread::sleep(ROTATION_CHECK + std::time::Duration::from_millis(100));
         file.append(&row("after")).unwrap();
         let fresh = file.read().unwrap();
-        assert_eq!(fresh.rows, vec![row("after")], "the new file gets the row, with a header");
+        assert_eq!(
+            fresh.rows,
+            vec![row("after")],
+            "the new file gets the row, with a header"
+        );
         assert!(fresh.bad_lines.is_empty());
-        let old = TimingFile::new(dir.path().join("task_timing.tsv.1")).read().unwrap();
+        let old = TimingFile::new(dir.path().join("task_timing.tsv.1"))
+            .read()
+            .unwrap();
         assert_eq!(old.rows, vec![row("before")]);
     }
 

@@ -1,28 +1,35 @@
 //! `serve` against a faked clock: both Europe/Berlin daylight-saving transitions of 2026 lived
-//! through at an accelerated clock, and the documented behaviour after the system clock jumps
-//! forward 2 hours or back 1 hour (README "Run it as a service", SPEC §2 and §7).
+//! through at an accelerated clock, and the documented behaviour when the system clock is
+//! stepped (README "Run it as a service", "Clock steps"; SPEC §2 and §7): forward, instants
+//! due for more than a minute fire once, for the latest; back, elapsed-time schedules go on
+//! from the new time and fixed-time ones wait for the clock.
 //!
 //! The clock is libfaketime (the Debian package `faketime`), preloaded into the real binary.
 //! It fakes `clock_gettime` (chrono's `Utc::now()`, std's `Instant`), scales `epoll_wait`
 //! timeouts by the speed-up, and, since 0.9.10, converts the absolute expiry given to
 //! `timerfd_settime` from the faked clock to the real one, speed-up included: the service's
 //! deadline timer follows the faked clock unchanged. What libfaketime cannot fake is the
-//! kernel's clock-set notification (`TFD_TIMER_CANCEL_ON_SET`), so after a faked jump the
-//! service notices the new time at its next wake, not at once; the jump tests wait for that.
+//! kernel's clock-set notification (`TFD_TIMER_CANCEL_ON_SET`), so after a faked step the
+//! service notices the new time at its next wake, not at once; the step tests wait for that.
 //!
 //! Two ways of driving the clock:
 //! - `FAKETIME="@2026-10-24 23:57:00 x600"`: start there, run 600 times faster. The service
 //!   runs with `TZ=UTC` because libfaketime reads the date with `mktime`.
-//! - `FAKETIME_TIMESTAMP_FILE` with `FAKETIME_NO_CACHE=1`: the setting is re-read at every
-//!   clock read, so rewriting the file (whole, by rename) moves the clock while the service
-//!   runs. `+SECONDS xN` is an offset from the real clock: changing only the offset jumps by
-//!   exactly the difference. `@DATE xN` restarts the clock at DATE when the service next reads
-//!   it, which is how a test changes speed without a jump of its own. Those tests keep the
-//!   monotonic clock real (`FAKETIME_DONT_FAKE_MONOTONIC=1`): libfaketime would otherwise move
-//!   it with every jump, and tokio's timers (mode timeouts) would fire early.
+//! - `FAKETIME_TIMESTAMP_FILE`, rewritten whole (by rename) while the service runs, holding
+//!   `@DATE xN`: when the process takes in a new setting, its clock restarts at DATE exactly
+//!   (fractions of a second allowed) and runs N times faster. So a step lands on a literal
+//!   instant, whenever the test writes it. The setting is re-read at the first clock read of
+//!   each real second (`FAKETIME_CACHE_DURATION=0`), so a step takes effect within a second.
+//!   Not at every read (`FAKETIME_NO_CACHE=1`): libfaketime 0.9.10 then re-reads the file at
+//!   every clock read into static buffers that all threads share, unlocked, and under a busy
+//!   multi-threaded service one read now and then returns the real time and the next restarts
+//!   the clock at DATE again: a step back nobody asked for. These tests keep the monotonic clock real (`FAKETIME_DONT_FAKE_MONOTONIC=1`):
+//!   libfaketime would otherwise move it with every step, and tokio's timers (mode timeouts)
+//!   would fire early.
 //!
-//! Expected instants come twice: from `Cron::iter_after` (the library the service uses) and
-//! from UTC lists written out by hand, so a wrong DST rule in the library cannot pass here.
+//! Expected instants come twice for the DST tests: from `Cron::iter_after` (the library the
+//! service uses) and from UTC lists written out by hand, so a wrong DST rule in the library
+//! cannot pass here. The clock-step tests use hand-written UTC instants only.
 
 mod common;
 
@@ -449,18 +456,10 @@ impl ClockFile {
         std::fs::rename(&tmp, &self.path).expect("rename the clock setting");
     }
 
-    /// Sets the clock between two fires: a moment after the last fire seen, so that the
-    /// service's first clock read after the change (where libfaketime applies it) is its wake
-    /// for the next instant, not the end of the cycle just seen.
-    fn set_between_fires(&self, setting: &str) {
-        std::thread::sleep(Duration::from_millis(300));
-        self.set(setting);
-    }
-
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("FAKETIME_TIMESTAMP_FILE", self.path.display().to_string()),
-            ("FAKETIME_NO_CACHE", "1".to_string()),
+            ("FAKETIME_CACHE_DURATION", "0".to_string()),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
         ]
     }
@@ -574,9 +573,9 @@ fn forward_jump_fires_a_late_wake_whole_and_missed_hours_once_for_the_latest_ins
     assert_armed_before(&inst, "2026-06-01T12:01:00Z");
     let limit = Duration::from_secs(30);
     wait_for_fire(&inst, "per-minute", "2026-06-01T12:01:00Z", limit);
-    clock.set_between_fires("@2026-06-01 12:01:40.5 x1");
+    clock.set("@2026-06-01 12:01:40.5 x1");
     wait_for_fire(&inst, "per-second", "2026-06-01T12:01:42Z", limit);
-    clock.set_between_fires("@2026-06-01 14:00:55.05 x1");
+    clock.set("@2026-06-01 14:00:55.05 x1");
     wait_for_fire(&inst, "per-minute", "2026-06-01T14:01:00Z", limit);
     wait_for_fire(&inst, "per-second", "2026-06-01T14:01:01Z", limit);
     assert_eq!(serve.stop(), Some(0), "serve exits 0");
@@ -696,7 +695,7 @@ fn backward_jump_rearms_elapsed_time_schedules_at_once_and_never_reruns_a_fixed_
         "2026-06-01T12:05:02Z",
         limit,
     );
-    clock.set_between_fires("@2026-06-01 11:55:00.5 x60");
+    clock.set("@2026-06-01 11:55:00.5 x60");
     let stepped = Instant::now();
     wait_until(
         Duration::from_secs(15),
@@ -770,7 +769,7 @@ fn backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns
     wait_for_fire(&inst, "noon-five", "2026-06-01T12:05:00Z", limit);
     wait_for_fire(&inst, "per-minute", "2026-06-01T12:05:00Z", limit);
     wait_for_fire(&inst, "per-second", "2026-06-01T12:05:02Z", limit);
-    clock.set_between_fires("@2026-06-01 12:04:57.05 x1");
+    clock.set("@2026-06-01 12:04:57.05 x1");
     let stepped = Instant::now();
     wait_until(
         Duration::from_secs(15),
