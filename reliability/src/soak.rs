@@ -1,0 +1,627 @@
+//! `soak`: many schedules under `serve` for a bounded time, with edits of schedules.json
+//! every few seconds, then an account of every fire, row and memory entry.
+//!
+//! The instance: N schedules (default 500) firing every 1, 2 or 5 seconds (`*/P * * * * *`,
+//! P dividing 60, so a schedule's instants are exactly the multiples of P seconds), overlap
+//! skip/queue/parallel mixed, `max_concurrent_cycles` 32; modes are the fake agent sleeping
+//! 0–3 s, failing 10 %, some printing MEMORY tokens, some timing out (timeout 1 s, sleep 2 s).
+//!
+//! Timeline: `serve` starts with every schedule disabled (a quiet baseline of fds and RSS),
+//! one edit enables them all, then every 3–5 s a rename-over edit changes the period of a
+//! random schedule, and about one edit in five is broken (unknown field, bad cron, a
+//! half-written file) and must be rejected, then fixed. At the end one edit disables every
+//! schedule, the running cycles drain, a quiet sample is taken; one edit enables them again
+//! and after 8 s SIGTERM stops the service under load (the instants of the disabled window
+//! are not checked).
+//!
+//! Verdicts: every TSV line parses; for each schedule never edited, the cycle rows'
+//! `scheduled_at` from its first to its last are every multiple of its period exactly once;
+//! for edited ones no instant twice and every instant on one of its periods; every cycle
+//! has one cycle row; every MEMORY token of the ledger is in the memory file or the archive;
+//! RSS growth after warm-up (median of the first samples after minute 1 vs. the last ones)
+//! under 2 MiB; open fds equal at the quiet start and the quiet end (±2); no rejected edit
+//! applied and every broken edit reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::util::{self, Report, Res};
+
+const PERIODS: [u32; 6] = [1, 2, 3, 4, 5, 6];
+const WARM_UP: Duration = Duration::from_secs(60);
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const RSS_GROWTH_LIMIT_KB: i64 = 2048;
+const FD_SLACK: i64 = 2;
+
+pub struct Options {
+    pub minutes: f64,
+    pub schedules: usize,
+}
+
+#[derive(Clone)]
+struct Sched {
+    id: String,
+    period: u32,
+    modes: Vec<&'static str>,
+    overlap: &'static str,
+    max_failures: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Broken {
+    UnknownField,
+    BadCron,
+    HalfWritten,
+}
+
+fn config(scheds: &[Sched], enabled: bool, broken: Option<(Broken, usize)>) -> String {
+    let list: Vec<Value> = scheds
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut v = json!({
+                "id": s.id,
+                "task": format!("soak schedule {}", s.id),
+                "cron": format!("*/{} * * * * *", s.period),
+                "modes": s.modes,
+                "overlap": s.overlap,
+                "enabled": enabled,
+            });
+            if let Some(n) = s.max_failures {
+                v["max_failures"] = json!(n);
+            }
+            match broken {
+                Some((Broken::UnknownField, at)) if at == i => v["crn"] = json!("* * * * * *"),
+                Some((Broken::BadCron, at)) if at == i => {
+                    v["cron"] = json!(format!("*/{} * * * * * * *", s.period))
+                }
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    let doc = json!({
+        "version": 1,
+        "timezone": "UTC",
+        "defaults": { "timeout": "30s", "overlap": "skip", "max_failures": 1_000_000 },
+        "memory": { "max_lines": 300, "target_lines": 240 },
+        "max_concurrent_cycles": 32,
+        "shutdown_grace": "20s",
+        "schedules": list,
+    });
+    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    text.push('\n');
+    if let Some((Broken::HalfWritten, _)) = broken {
+        text.truncate(text.len() / 2);
+    }
+    text
+}
+
+fn build(dir: &Path, count: usize, rng: &mut impl Rng) -> Res<Vec<Sched>> {
+    let agent = util::write_agent(dir)?;
+    let agent = agent.to_string_lossy().into_owned();
+    let ledger = dir.join("ledger");
+    std::fs::create_dir_all(&ledger).map_err(|e| e.to_string())?;
+    let ledger = ledger.to_string_lossy().into_owned();
+    util::write_mode(
+        dir,
+        "quick",
+        &[&agent],
+        "env = { REL_SLEEP_MS = \"0-3000\", REL_FAIL_PCT = \"10\" }",
+    )?;
+    util::write_mode(
+        dir,
+        "mem",
+        &[&agent],
+        &format!(
+            "env = {{ REL_SLEEP_MS = \"0-3000\", REL_FAIL_PCT = \"10\", REL_TOKENS = \"1-3\", REL_LEDGER = {ledger:?} }}"
+        ),
+    )?;
+    util::write_mode(
+        dir,
+        "slow",
+        &[&agent],
+        &format!(
+            "timeout = \"1s\"\nkill_grace = \"1s\"\nenv = {{ REL_SLEEP_MS = \"2000-2000\", REL_TOKENS = \"1-1\", REL_LEDGER = {ledger:?} }}"
+        ),
+    )?;
+    util::write(&dir.join("TODO.md"), "# TODO\n- [ ] soak\n")?;
+    let mut scheds = Vec::new();
+    for i in 0..count {
+        let period = match rng.random_range(0..10) {
+            0..=1 => 1,
+            2..=4 => 2,
+            _ => 5,
+        };
+        let modes: Vec<&'static str> = match rng.random_range(0..20) {
+            0..=11 => vec!["quick"],
+            12..=16 => vec!["mem"],
+            17..=18 => vec!["mem", "quick"],
+            _ => vec!["slow", "mem"],
+        };
+        // Parallel only on the slowest period: under saturation a parallel schedule's waiting
+        // fires are not bounded by overlap, only by the slots.
+        let overlap = match rng.random_range(0..20) {
+            0..=11 => "skip",
+            12..=17 => "queue",
+            _ if period == 5 => "parallel",
+            _ => "skip",
+        };
+        // A few schedules escalate (failing modes, max_failures 3); an edit lifts that.
+        let max_failures = (i % 50 == 7).then_some(3);
+        scheds.push(Sched {
+            id: format!("s{i:03}"),
+            period,
+            modes,
+            overlap,
+            max_failures,
+        });
+    }
+    Ok(scheds)
+}
+
+pub fn run(opts: Options) -> Res<bool> {
+    let bin = util::orchestrator_bin()?;
+    let tmp = util::instance_dir("soak")?;
+    let dir = tmp.path().to_path_buf();
+    let mut rng = rand::rng();
+    let mut scheds = build(&dir, opts.schedules, &mut rng)?;
+    let schedules_path = dir.join("schedules.json");
+    util::write(&schedules_path, &config(&scheds, false, None))?;
+    let log = dir.join("serve.log");
+    println!(
+        "soak: {} schedules, {} min, instance {}",
+        scheds.len(),
+        opts.minutes,
+        dir.display()
+    );
+
+    let mut serve = util::spawn_logged(util::orchestrator(&bin, &dir, &["serve"]), &log)?;
+    let pid = serve.id() as i32;
+    if !util::wait_for(Duration::from_secs(30), || {
+        util::read_lossy(&log).contains("serving")
+    }) {
+        util::signal(pid, Signal::SIGKILL);
+        return Err(format!("serve did not start:\n{}", util::read_lossy(&log)));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let quiet_start = util::sample(pid, Duration::ZERO).ok_or("serve is gone")?;
+
+    // periods[id] = every period the schedule had; edited = ids whose period changed.
+    let mut periods: HashMap<String, BTreeSet<u32>> = scheds
+        .iter()
+        .map(|s| (s.id.clone(), BTreeSet::from([s.period])))
+        .collect();
+    let mut edited: HashSet<String> = HashSet::new();
+    util::write_by_rename(&schedules_path, &config(&scheds, true, None))?;
+    let started = Instant::now();
+    let total = Duration::from_secs_f64(opts.minutes * 60.0);
+    let mut samples = Vec::new();
+    let mut next_sample = Duration::ZERO;
+    let mut next_edit = Duration::from_secs(3);
+    let mut pending_fix: Option<Duration> = None;
+    let (mut edits, mut broken_edits, mut fixes) = (0usize, 0usize, 0usize);
+    let mut alive = true;
+    while started.elapsed() < total {
+        let now = started.elapsed();
+        if now >= next_sample {
+            match util::sample(pid, now) {
+                Some(s) => samples.push(s),
+                None => {
+                    alive = false;
+                    break;
+                }
+            }
+            next_sample = now + SAMPLE_EVERY;
+        }
+        if let Some(at) = pending_fix {
+            if now >= at {
+                util::write_by_rename(&schedules_path, &config(&scheds, true, None))?;
+                fixes += 1;
+                pending_fix = None;
+                next_edit = now + Duration::from_millis(rng.random_range(3000..5000));
+            }
+        } else if now >= next_edit {
+            let i = rng.random_range(0..scheds.len());
+            if rng.random_range(0..5) == 0 {
+                let kind = match rng.random_range(0..3) {
+                    0 => Broken::UnknownField,
+                    1 => Broken::BadCron,
+                    _ => Broken::HalfWritten,
+                };
+                util::write_by_rename(&schedules_path, &config(&scheds, true, Some((kind, i))))?;
+                broken_edits += 1;
+                pending_fix = Some(now + Duration::from_millis(rng.random_range(2000..4000)));
+            } else {
+                let old = scheds[i].period;
+                let period = loop {
+                    let p = PERIODS[rng.random_range(0..PERIODS.len())];
+                    if p != old {
+                        break p;
+                    }
+                };
+                scheds[i].period = period;
+                periods
+                    .entry(scheds[i].id.clone())
+                    .or_default()
+                    .insert(period);
+                edited.insert(scheds[i].id.clone());
+                util::write_by_rename(&schedules_path, &config(&scheds, true, None))?;
+                edits += 1;
+                next_edit = now + Duration::from_millis(rng.random_range(3000..5000));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if pending_fix.is_some() {
+        util::write_by_rename(&schedules_path, &config(&scheds, true, None))?;
+        fixes += 1;
+    }
+    let loaded_for = started.elapsed();
+
+    // Quiesce: disable everything, let running cycles end, let idle threads retire; then
+    // enable everything again and stop with SIGTERM under load, so the shutdown path (grace,
+    // interrupted modes, fires waiting for a slot or queued) is accounted for too.
+    let mut quiet_end = None;
+    let mut drained = false;
+    let mut paused: Option<(i64, i64)> = None;
+    if alive {
+        std::thread::sleep(Duration::from_secs(1));
+        let from = chrono::Utc::now().timestamp_millis();
+        util::write_by_rename(&schedules_path, &config(&scheds, false, None))?;
+        drained = util::wait_for(Duration::from_secs(60), || util::children(pid).is_empty());
+        std::thread::sleep(Duration::from_secs(12));
+        quiet_end = util::sample(pid, started.elapsed());
+        util::write_by_rename(&schedules_path, &config(&scheds, true, None))?;
+        // Instants up to a reload's batching and a little slack after the edit may fire or not.
+        paused = Some((from, chrono::Utc::now().timestamp_millis() + 2_000));
+        std::thread::sleep(Duration::from_secs(8));
+    }
+    let stop_at = chrono::Utc::now();
+    util::signal(pid, Signal::SIGTERM);
+    let exit = util::wait_timeout(&mut serve, Duration::from_secs(90));
+    let stop_took = chrono::Utc::now() - stop_at;
+    if exit.is_none() {
+        util::signal(pid, Signal::SIGKILL);
+        let _ = serve.wait();
+    }
+
+    let mut report = Report::default();
+    report.info("instance", dir.display());
+    report.info(
+        "loaded for",
+        format!("{:.1} min", loaded_for.as_secs_f64() / 60.0),
+    );
+    report.check("serve stayed up until SIGTERM", alive, alive);
+    report.check(
+        "serve exit after SIGTERM",
+        format!("{exit:?}"),
+        exit.is_some_and(|s| s.code() == Some(0)),
+    );
+    report.check(
+        "running cycles drained after the disabling edit",
+        drained,
+        drained,
+    );
+    report.info(
+        "SIGTERM under load: stop took",
+        format!(
+            "{} ms (shutdown_grace 20 s); SIGTERM at {}",
+            stop_took.num_milliseconds(),
+            stop_at.to_rfc3339()
+        ),
+    );
+    verify_timing(&dir, &scheds, &periods, &edited, paused, &mut report)?;
+    verify_tokens(&dir, &mut report);
+    verify_log(
+        &util::read_lossy(&log),
+        edits,
+        broken_edits,
+        fixes,
+        &mut report,
+    );
+    verify_resources(&samples, quiet_start, quiet_end, &mut report);
+    report.print("soak");
+    let ok = report.violations.is_empty();
+    util::finish_dir(tmp);
+    Ok(ok)
+}
+
+fn verify_timing(
+    dir: &Path,
+    scheds: &[Sched],
+    periods: &HashMap<String, BTreeSet<u32>>,
+    edited: &HashSet<String>,
+    paused: Option<(i64, i64)>,
+    report: &mut Report,
+) -> Res<()> {
+    let timing = util::read_timing(dir)?;
+    report.info("rows", timing.rows.len());
+    report.check(
+        "TSV lines that do not parse",
+        format!(
+            "{} {}",
+            timing.bad_lines.len(),
+            timing
+                .bad_lines
+                .iter()
+                .take(3)
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        timing.bad_lines.is_empty(),
+    );
+    let doubled_rows = util::doubled_rows(&timing.rows);
+    report.check(
+        "rows written twice (same cycle, mode, attempt)",
+        format!(
+            "{} {:?}",
+            doubled_rows.len(),
+            doubled_rows.iter().take(3).collect::<Vec<_>>()
+        ),
+        doubled_rows.is_empty(),
+    );
+    let cycles_with_row: HashSet<&str> = timing
+        .rows
+        .iter()
+        .filter(|r| r.mode == "cycle")
+        .map(|r| r.cycle.as_str())
+        .collect();
+    let unfinished: BTreeSet<&str> = timing
+        .rows
+        .iter()
+        .filter(|r| r.mode != "cycle" && !cycles_with_row.contains(r.cycle.as_str()))
+        .map(|r| r.cycle.as_str())
+        .collect();
+    report.check(
+        "cycles with mode rows but no cycle row",
+        format!(
+            "{} {:?}",
+            unfinished.len(),
+            unfinished.iter().take(3).collect::<Vec<_>>()
+        ),
+        unfinished.is_empty(),
+    );
+
+    let mut instants: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lateness = Vec::new();
+    for row in timing.rows.iter().filter(|r| r.mode == "cycle") {
+        *statuses.entry(row.status.to_string()).or_default() += 1;
+        if let Some(at) = row.scheduled_at {
+            instants
+                .entry(row.schedule.as_str())
+                .or_default()
+                .push(at.timestamp_millis());
+            if row.status != loop_orchestrator::timing::Status::Skipped {
+                lateness.push((row.started_at - at).num_milliseconds().max(0) as u64);
+            }
+        }
+    }
+    report.info("cycle rows by status", format!("{statuses:?}"));
+    let (mut checked_scheds, mut fires_checked, mut missed, mut doubled, mut off_grid) =
+        (0usize, 0i64, 0i64, 0i64, 0i64);
+    let mut missed_examples = Vec::new();
+    let mut missed_by_overlap: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut edited_fires, mut edited_doubled) = (0usize, 0i64);
+    let mut never_fired = 0;
+    for s in scheds {
+        let Some(list) = instants.get_mut(s.id.as_str()) else {
+            never_fired += 1;
+            continue;
+        };
+        list.sort_unstable();
+        let allowed = &periods[&s.id];
+        for &t in list.iter() {
+            if t % 1000 != 0 || !allowed.iter().any(|p| (t / 1000) % i64::from(*p) == 0) {
+                off_grid += 1;
+            }
+        }
+        let dups = list.windows(2).filter(|w| w[0] == w[1]).count() as i64;
+        if edited.contains(&s.id) {
+            edited_fires += list.len();
+            edited_doubled += dups;
+            continue;
+        }
+        checked_scheds += 1;
+        doubled += dups;
+        let step = i64::from(s.period) * 1000;
+        let (first, last) = (list[0], list[list.len() - 1]);
+        fires_checked += (last - first) / step + 1;
+        let mut expected = first;
+        let set: HashSet<i64> = list.iter().copied().collect();
+        while expected <= last {
+            if paused.is_some_and(|(from, to)| (from..=to).contains(&expected)) {
+                fires_checked -= 1;
+                if set.contains(&expected) {
+                    fires_checked += 1;
+                }
+            } else if !set.contains(&expected) {
+                missed += 1;
+                *missed_by_overlap.entry(s.overlap).or_insert(0usize) += 1;
+                if missed_examples.len() < 3 {
+                    let at = chrono::DateTime::from_timestamp_millis(expected)
+                        .map_or(expected.to_string(), |t| t.to_rfc3339());
+                    missed_examples.push(format!("{} (overlap {}) at {at}", s.id, s.overlap));
+                }
+            }
+            expected += step;
+        }
+    }
+    report.info("schedules never fired", never_fired);
+    report.info("schedules never edited (checked exactly)", checked_scheds);
+    report.info("fires checked (instants first..last)", fires_checked);
+    report.check(
+        "missed fires",
+        format!("{missed} by overlap {missed_by_overlap:?}, e.g. {missed_examples:?}"),
+        missed == 0,
+    );
+    report.check("doubled fires", doubled, doubled == 0);
+    report.info("edited schedules: fires", edited_fires);
+    report.check(
+        "edited schedules: doubled fires",
+        edited_doubled,
+        edited_doubled == 0,
+    );
+    report.check("fires off their cron grid", off_grid, off_grid == 0);
+    let mut late = lateness;
+    if let Some(p50) = util::median(&mut late) {
+        let p99 = late[(late.len() * 99 / 100).min(late.len() - 1)];
+        report.info(
+            "lateness started-scheduled of run cycles (p50 / p99 / max)",
+            format!("{p50} / {p99} / {} ms", late[late.len() - 1]),
+        );
+    }
+    Ok(())
+}
+
+fn verify_tokens(dir: &Path, report: &mut Report) {
+    let ledger = util::read_ledger(&dir.join("ledger"));
+    let mut committed = util::memory_tokens(dir);
+    let mut archive = util::ArchiveScan::default();
+    archive.update(&dir.join("persistent-memory.archive.md"));
+    committed.extend(archive.tokens);
+    let all: Vec<&String> = ledger.values().flatten().collect();
+    let lost: Vec<&&String> = all.iter().filter(|t| !committed.contains(**t)).collect();
+    report.info("MEMORY tokens printed (ledger)", all.len());
+    report.check(
+        "MEMORY tokens in neither memory nor archive",
+        format!(
+            "{} {:?}",
+            lost.len(),
+            lost.iter().take(3).collect::<Vec<_>>()
+        ),
+        lost.is_empty(),
+    );
+}
+
+fn verify_log(log: &str, edits: usize, broken: usize, fixes: usize, report: &mut Report) {
+    let log = util::strip_ansi(log);
+    let rejected = log.matches("reload rejected").count();
+    let reloaded = log.lines().filter(|l| l.contains("reloaded")).count();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    // A rejected reload logs each problem as `schedules.json:LINE:COL: ...`.
+    let located = errors
+        .iter()
+        .filter(|l| {
+            l.split("schedules.json:").nth(1).is_some_and(|rest| {
+                let mut parts = rest.splitn(3, ':');
+                parts.next().is_some_and(|n| n.parse::<u32>().is_ok())
+                    && parts.next().is_some_and(|n| n.parse::<u32>().is_ok())
+            })
+        })
+        .count();
+    report.info(
+        "edits: valid / broken / fixes",
+        format!("{edits} / {broken} / {fixes}"),
+    );
+    report.check(
+        "broken edits rejected (log)",
+        format!("{rejected} of {broken}; {located} problems logged as schedules.json:line:col"),
+        rejected >= broken && located >= broken,
+    );
+    report.info("reloads applied (log)", reloaded);
+    let panics = log.matches("panicked").count();
+    report.check("panics in the service log", panics, panics == 0);
+    let other: Vec<&&str> = errors
+        .iter()
+        .filter(|l| !l.contains("schedules.json") && !l.contains("reload rejected"))
+        .collect();
+    report.check(
+        "other ERROR lines in the service log",
+        format!(
+            "{} {:?}",
+            other.len(),
+            other.iter().take(2).collect::<Vec<_>>()
+        ),
+        other.is_empty(),
+    );
+}
+
+fn verify_resources(
+    samples: &[util::Sample],
+    quiet_start: util::Sample,
+    quiet_end: Option<util::Sample>,
+    report: &mut Report,
+) {
+    report.info("samples", samples.len());
+    if samples.is_empty() {
+        return;
+    }
+    let fds_min = samples.iter().map(|s| s.fds).min().unwrap_or(0);
+    let fds_max = samples.iter().map(|s| s.fds).max().unwrap_or(0);
+    let th_min = samples.iter().map(|s| s.threads).min().unwrap_or(0);
+    let th_max = samples.iter().map(|s| s.threads).max().unwrap_or(0);
+    let hwm = samples.iter().map(|s| s.hwm_kb).max().unwrap_or(0);
+    let last = samples[samples.len() - 1];
+    let cpu = (last.cpu_ticks.saturating_sub(samples[0].cpu_ticks)) as f64
+        / util::clock_ticks() as f64
+        / (last.at.saturating_sub(samples[0].at))
+            .as_secs_f64()
+            .max(1.0);
+    report.info(
+        "serve CPU while loaded",
+        format!("{:.0} % of one core", cpu * 100.0),
+    );
+    report.info(
+        "open fds under load (min / max)",
+        format!("{fds_min} / {fds_max} (cycles in flight hold pipes, logs, locks)"),
+    );
+    report.info("threads (min / max)", format!("{th_min} / {th_max}"));
+    report.info("VmHWM", format!("{hwm} kB"));
+    let warm: Vec<&util::Sample> = samples.iter().filter(|s| s.at >= WARM_UP).collect();
+    if warm.len() >= 12 {
+        let n = 6;
+        let mut first: Vec<u64> = warm[..n].iter().map(|s| s.rss_kb).collect();
+        let mut end: Vec<u64> = warm[warm.len() - n..].iter().map(|s| s.rss_kb).collect();
+        let (a, b) = (
+            util::median(&mut first).unwrap_or(0),
+            util::median(&mut end).unwrap_or(0),
+        );
+        let growth = b as i64 - a as i64;
+        report.check(
+            "RSS growth after warm-up (median of 6 samples after 1 min -> last 6)",
+            format!("{a} kB -> {b} kB = {growth:+} kB (limit {RSS_GROWTH_LIMIT_KB})"),
+            growth < RSS_GROWTH_LIMIT_KB,
+        );
+    } else {
+        report.info(
+            "RSS growth after warm-up",
+            format!(
+                "n/a: {} samples after minute 1 (needs 12; run >= 2 min)",
+                warm.len()
+            ),
+        );
+    }
+    report.info(
+        "RSS first / last sample",
+        format!("{} kB / {} kB", samples[0].rss_kb, last.rss_kb),
+    );
+    match quiet_end {
+        Some(end) => {
+            let fd_diff = end.fds as i64 - quiet_start.fds as i64;
+            report.check(
+                "open fds quiet start -> quiet end",
+                format!(
+                    "{} -> {} ({fd_diff:+}, slack {FD_SLACK})",
+                    quiet_start.fds, end.fds
+                ),
+                fd_diff.abs() <= FD_SLACK,
+            );
+            report.info(
+                "RSS / threads quiet start -> quiet end",
+                format!(
+                    "{} kB -> {} kB; {} -> {} threads",
+                    quiet_start.rss_kb, end.rss_kb, quiet_start.threads, end.threads
+                ),
+            );
+        }
+        None => report.check("quiet end sample", "serve gone", false),
+    }
+}
