@@ -54,6 +54,8 @@ use crate::watch::Watcher;
 const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// A step of the clock back by more than this re-arms elapsed-time schedules.
 const CLOCK_STEP_BACK: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+/// A step back by more than this re-arms every schedule, fixed-time ones too.
+const LARGE_STEP_BACK: chrono::TimeDelta = chrono::TimeDelta::hours(3);
 /// How long the watcher waits for a burst of file events to end before reloading.
 const RELOAD_BATCH: Duration = Duration::from_millis(100);
 const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -400,7 +402,12 @@ impl Supervisor {
             let back = self.last_now - now;
             let mut rearmed = 0;
             for entry in self.entries.values_mut() {
-                if entry.next.is_some() && !entry.schedule.cron.is_fixed_time() {
+                // Beyond three hours the clock was wrong, not adjusted (cronie's rule): every
+                // schedule starts again from the new time, or a daily job set back by days
+                // would stay silent until the clock caught up.
+                if entry.next.is_some()
+                    && (back > LARGE_STEP_BACK || !entry.schedule.cron.is_fixed_time())
+                {
                     entry.arm(now);
                     rearmed += 1;
                 }

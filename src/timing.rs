@@ -679,9 +679,18 @@ fn optional<T>(
 }
 
 fn parse_time(column: &str, cell: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(cell)
+    use chrono::Datelike;
+    let time = DateTime::parse_from_rfc3339(cell)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("bad {column} {cell:?}: {e} (expected an RFC 3339 time)"))
+        .map_err(|e| format!("bad {column} {cell:?}: {e} (expected an RFC 3339 time)"))?;
+    // An offset can carry a year-0000 local time below year 0 in UTC, which RFC 3339 cannot
+    // write back: such a row would not survive its own round trip (found by fuzzing).
+    if !(0..=9999).contains(&time.year()) {
+        return Err(format!(
+            "bad {column} {cell:?}: outside the years 0000 to 9999 in UTC"
+        ));
+    }
+    Ok(time)
 }
 
 fn parse_number<T: FromStr>(column: &str, cell: &str) -> Result<T, String>
@@ -922,6 +931,20 @@ mod tests {
         TimingFile::new(&touched).append(&row("one")).unwrap();
         let log = TimingFile::new(&touched).read().unwrap();
         assert_eq!((log.rows.len(), log.bad_lines.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_time_below_year_zero_in_utc_is_a_bad_line() {
+        // Regression (fuzz/regressions/timing_reader): it parsed, then could not be written back.
+        let line = "\t0000-01-01T00:00:00+23:59\t0000-01-01T00:00:00+23:59\t0\tschedule\ts\tc\tcycle\t1\tok\t\t\t";
+        let log = TimingLog::parse(format!("{}\n{line}\n", HEADER.join("\t")).as_bytes());
+        assert!(log.rows.is_empty());
+        assert_eq!(log.bad_lines.len(), 1);
+        assert!(
+            log.bad_lines[0].reason.contains("outside the years"),
+            "{:?}",
+            log.bad_lines
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@
 //!   Not at every read (`FAKETIME_NO_CACHE=1`): libfaketime 0.9.10 then re-reads the file at
 //!   every clock read into static buffers that all threads share, unlocked, and under a busy
 //!   multi-threaded service one read now and then returns the real time and the next restarts
-//!   the clock at DATE again: a step back nobody asked for. These tests keep the monotonic clock real (`FAKETIME_DONT_FAKE_MONOTONIC=1`):
-//!   libfaketime would otherwise move it with every step, and tokio's timers (mode timeouts)
-//!   would fire early.
+//!   the clock at DATE again: a step back nobody asked for. These tests keep the monotonic
+//!   clock real (`FAKETIME_DONT_FAKE_MONOTONIC=1`): libfaketime would otherwise move it with
+//!   every step, and tokio's timers (mode timeouts) would fire early.
 //!
 //! Expected instants come twice for the DST tests: from `Cron::iter_after` (the library the
 //! service uses) and from UTC lists written out by hand, so a wrong DST rule in the library
@@ -662,7 +662,7 @@ fn forward_jump_fires_a_late_wake_whole_and_missed_hours_once_for_the_latest_ins
     assert!(*after.last().expect("fired") >= utc("2026-06-01T14:01:01Z"));
 }
 
-/// The clock steps back ~10 minutes (12:05:02 → 11:55:00.5) and is re-lived at 60×.
+/// The clock steps back ~10 minutes (from about 12:05:03 to 11:55:00.5), re-lived at 60×.
 /// Elapsed-time schedules go on from the new time at once, every minute, so their instants of
 /// 12:00–12:05 fire again; the fixed-time ones wait for the clock: 12:05:00, which already ran,
 /// never runs again, and the seconds of 12:05 that had not run yet run once. An hour field
@@ -751,9 +751,9 @@ fn backward_jump_rearms_elapsed_time_schedules_at_once_and_never_reruns_a_fixed_
     assert_on_time(&rows, "every-5-min", TimeDelta::seconds(30));
 }
 
-/// The clock steps back ~5 s (12:05:02 → 12:04:57.05) at 1×. per-second goes on from the
-/// new time at once, one fire a second on time, re-firing the seconds it had fired; per-minute
-/// fires 12:05 again; the fixed time 12:05, which already ran, does not.
+/// The clock steps back ~6 s (from about 12:05:03 to 12:04:57.05) at 1×. per-second goes on
+/// from the new time at once, one fire a second on time, re-firing the seconds it had fired;
+/// per-minute fires 12:05 again; the fixed time 12:05, which already ran, does not.
 #[test]
 fn backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns_a_fixed_time() {
     let schedules = [
