@@ -57,24 +57,44 @@ fuzz_target!(|data: &[u8]| {
     let archive_text = std::fs::read_to_string(store.archive_path()).unwrap_or_default();
     let after = MemoryDoc::parse(&after_text);
 
-    assert_eq!(
-        after.skeleton(),
-        before.skeleton(),
-        "prune changed text outside the entries"
-    );
-
     // Multiset: input entries minus kept ones minus archived ones; nothing may stay positive.
     let mut missing: HashMap<String, isize> = HashMap::new();
-    count(before.all_entries().iter().map(|e| entry_key(&e.text)), &mut missing, 1);
-    count(after.all_entries().iter().map(|e| entry_key(&e.text)), &mut missing, -1);
+    count(
+        before.all_entries().iter().map(|e| entry_key(&e.text)),
+        &mut missing,
+        1,
+    );
+    count(
+        after.all_entries().iter().map(|e| entry_key(&e.text)),
+        &mut missing,
+        -1,
+    );
     count(
         archived_entries(&archive_text).iter().map(|t| entry_key(t)),
         &mut missing,
         -1,
     );
-    let lost: Vec<&String> = missing.iter().filter(|(_, n)| **n > 0).map(|(k, _)| k).collect();
+    let mut lost: Vec<&String> = missing
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, _)| k)
+        .collect();
+    lost.sort();
+    let (skeleton_before, skeleton_after) = (before.skeleton(), after.skeleton());
+    let mut failures = Vec::new();
+    if !lost.is_empty() {
+        failures.push(format!(
+            "entries neither kept as entries nor archived: {lost:?}"
+        ));
+    }
+    if skeleton_after != skeleton_before {
+        failures.push(format!(
+            "prune changed text outside the entries: skeleton before {skeleton_before:?}, after {skeleton_after:?}"
+        ));
+    }
     assert!(
-        lost.is_empty(),
-        "entries neither kept nor archived: {lost:?}\n--- memory after ---\n{after_text}\n--- archive ---\n{archive_text}"
+        failures.is_empty(),
+        "{}\n--- input ---\n{text}\n--- memory after ---\n{after_text}\n--- archive ---\n{archive_text}",
+        failures.join("\n")
     );
 });

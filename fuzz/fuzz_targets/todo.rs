@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
     let lines = text.matches('\n').count() + 1;
     let mut previous_line = 0;
     for (index, item) in todo.items.iter().enumerate() {
-        assert_eq!(item.number, index + 1, "items out of order: {:?}", todo.items);
+        assert_eq!(
+            item.number,
+            index + 1,
+            "items out of order: {:?}",
+            todo.items
+        );
         assert!(
             item.line >= 1 && item.line <= lines,
             "item {} on line {} of a {lines}-line text",
