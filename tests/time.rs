@@ -824,3 +824,88 @@ fn backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns
         "the fixed time 12:05 ran before the step back and does not run again"
     );
 }
+
+/// The clock steps back two days, to the same wall time (from about 12:05:03 on June 1st to
+/// 12:04:50 on May 30th, re-lived at 2×). Beyond three hours the clock was wrong, not
+/// adjusted (cronie: "time has changed a lot, run everything"), so the fixed-time schedules
+/// start again from the new time and fire at 12:05 on May 30th, not in two days. Only
+/// fixed-time schedules here: nothing else could make the service fire on May 30th. A step
+/// back of three hours or less keeps them waiting for the clock: see
+/// `backward_jump_rearms_elapsed_time_schedules_at_once_and_never_reruns_a_fixed_time`
+/// (10 minutes) and
+/// `backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns_a_fixed_time`
+/// (6 seconds).
+#[test]
+fn backward_step_of_two_days_rearms_fixed_time_schedules_too() {
+    let schedules = [
+        ("noon-five", "0 5 12 * * *"),
+        ("each-second-of-noon-five", "* 5 12 * * *"),
+    ];
+    let inst = instance("UTC", &schedules);
+    let clock = ClockFile::new(inst.path(), "@2026-06-01 12:04:57 x1");
+    let serve = start_with_file(&inst, &clock);
+    assert_armed_before(&inst, "2026-06-01T12:05:00Z");
+    let limit = Duration::from_secs(30);
+    wait_for_fire(&inst, "noon-five", "2026-06-01T12:05:00Z", limit);
+    wait_for_fire(
+        &inst,
+        "each-second-of-noon-five",
+        "2026-06-01T12:05:02Z",
+        limit,
+    );
+    clock.set("@2026-05-30 12:04:50 x2");
+    let stepped = Instant::now();
+    // The fires of May 30th sort before those of June 1st, so look for them by dispatch order.
+    wait_until(
+        Duration::from_secs(20),
+        "noon-five fires on May 30th after the clock stepped back two days",
+        || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "noon-five")).is_some(),
+    );
+    let resumed_after = stepped.elapsed();
+    wait_until(
+        Duration::from_secs(20),
+        "each-second-of-noon-five reaches 12:05:04 on May 30th",
+        || {
+            let seq = fired_in_order(&cycle_rows(&inst), "each-second-of-noon-five");
+            split_at_step_back(&seq)
+                .is_some_and(|(_, after)| after.last() >= Some(&utc("2026-05-30T12:05:04Z")))
+        },
+    );
+    assert_eq!(serve.stop(), Some(0), "serve exits 0");
+    let rows = cycle_rows(&inst);
+    assert_all_ok(&rows);
+
+    // At 2×, May 30th 12:05:00 is 5 s after the step: re-armed at the service's next wake,
+    // not when the clock comes back to June 1st.
+    assert!(
+        resumed_after < Duration::from_secs(10),
+        "noon-five fired again {resumed_after:?} after the clock stepped back"
+    );
+    assert_eq!(
+        fired_in_order(&rows, "noon-five"),
+        [utc("2026-06-01T12:05:00Z"), utc("2026-05-30T12:05:00Z")],
+        "the fixed time 12:05 fires on June 1st, then again on May 30th once the clock stepped \
+         back two days, once each"
+    );
+    let seq = fired_in_order(&rows, "each-second-of-noon-five");
+    let (before, after) = split_at_step_back(&seq).expect("a step back");
+    let (last_before, last_after) = (
+        *before.last().expect("fired before"),
+        *after.last().expect("fired after"),
+    );
+    assert!(last_before >= utc("2026-06-01T12:05:02Z"));
+    assert_eq!(
+        before,
+        every_second(utc("2026-06-01T12:05:00Z"), last_before),
+        "each second of 12:05 on June 1st once, up to the step back"
+    );
+    assert_eq!(
+        after,
+        every_second(utc("2026-05-30T12:05:00Z"), last_after),
+        "after the step back, each second of 12:05 on May 30th once, from 12:05:00: no gap, \
+         no second twice"
+    );
+    // One fire per instant as the clock reaches it (2 s of faked time is 1 s of real time).
+    assert_on_time(&rows, "noon-five", TimeDelta::seconds(2));
+    assert_on_time(&rows, "each-second-of-noon-five", TimeDelta::seconds(2));
+}
