@@ -10,13 +10,18 @@
 //! Rules this module owns:
 //! - Parsing goes through pulldown-cmark, so a `- line` inside a fenced code block or
 //!   an HTML block is text, not an entry. Section headings match case-insensitively.
+//! - Line endings are CommonMark's (`\n`, `\r\n`, a bare `\r`) wherever a span or a
+//!   line count is computed, so spans agree with the parser's; only [`Entry::line`]
+//!   counts `\n` alone, as `grep -n` does.
 //! - `add` appends list items at the end of their sections (creating missing sections
 //!   in canonical order); a multi-line text becomes `- first` plus lines indented by
-//!   two spaces.
+//!   two spaces (a bare `\r` in it starts such a line too).
 //! - `prune` collapses entries that are identical apart from a leading RFC 3339
 //!   timestamp to the newest copy, then removes the oldest entries (file order is age),
 //!   System Updates before Commands before Implementation Patterns, until the file has
-//!   at most `target_lines` lines.
+//!   at most `target_lines` lines. The result is parsed again before it is used: an
+//!   entry whose removal would change how the rest parses (a paragraph turning into a
+//!   setext heading, a list no longer interrupting a paragraph) is kept instead.
 //! - Nothing is lost: every removed entry is appended to the archive and fsynced
 //!   *before* the memory file is replaced (temp file, fsync, rename, directory fsync).
 //!   A crash at any instant leaves each entry in the memory file, the archive, or both.
@@ -200,9 +205,10 @@ pub struct Entry {
     pub section: Section,
     /// The item's text without its list marker, continuation lines dedented.
     pub text: String,
-    /// 1-based line of the item's marker.
+    /// 1-based line of the item's marker, counting `\n` line endings.
     pub line: usize,
-    /// Lines the item occupies (continuation lines included).
+    /// Lines the item occupies (continuation lines included), counted like
+    /// [`MemoryDoc::line_count`].
     pub lines: usize,
     /// Bytes removed with the entry: its lines, plus the blank lines that separate it
     /// from the next item of the same list (so a loose list does not leave gaps).
