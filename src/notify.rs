@@ -87,6 +87,9 @@ impl Notifier {
             return Ok(());
         };
         let socket = UnixDatagram::unbound()?;
+        // Never wait for the receiver: a manager that does not read (or reads slowly) must not
+        // stall the service's loop. A full queue drops the message (an error the caller logs).
+        socket.set_nonblocking(true)?;
         let sent = match target {
             Target::Path(path) => socket.send_to(state.as_bytes(), path),
             Target::Abstract(name) => {
@@ -287,6 +290,27 @@ mod tests {
         assert_eq!(
             listener.recv_timeout(WAIT).as_deref(),
             Some("STATUS=bad READY=1")
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_never_reads_does_not_block_the_sender() {
+        // Regression: STATUS= after every fire filled a bench's socket, and a blocking send
+        // froze the service loop (it could not even stop).
+        let dir = tempfile::tempdir().unwrap();
+        let listener = NotifyListener::bind_in(dir.path()).unwrap();
+        let notifier = Notifier::from_value(Some(listener.path().to_str().unwrap()));
+        let started = std::time::Instant::now();
+        let mut dropped = 0;
+        for _ in 0..10_000 {
+            if notifier.status("x".repeat(200).as_str()).is_err() {
+                dropped += 1;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "sends blocked");
+        assert!(
+            dropped > 0,
+            "the queue never filled: the test proves nothing"
         );
     }
 

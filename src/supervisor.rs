@@ -848,8 +848,13 @@ impl Supervisor {
     }
 
     fn notify(&self, result: std::io::Result<()>) {
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "sd_notify failed");
+        match result {
+            Ok(()) => {}
+            // The manager's queue is full: the message is dropped, the loop goes on.
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                tracing::debug!("sd_notify message dropped: the receiver is not reading")
+            }
+            Err(err) => tracing::warn!(error = %err, "sd_notify failed"),
         }
     }
 }

@@ -271,7 +271,7 @@ pub fn fire_figure(size: Size) -> Figure {
         "Fire lateness",
         format!(
             "N schedules firing every second for {secs} s (whole seconds, edges excluded). \
-             Ours: `serve`, one mode `true` per schedule, lateness = started_at − scheduled_at \
+             Ours: `serve`, one mode `true` per schedule, `max_concurrent_cycles` = min(N, 64), lateness = started_at − scheduled_at \
              of the cycle rows. Baseline: tokio-cron-scheduler 0.15 (`JobScheduler::new()`, \
              `Job::new(\"* * * * * *\")`) with N jobs, lateness of the callback against the \
              second it fired for. Missed: (job, second) pairs without a cycle row; doubled: \
