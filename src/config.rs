@@ -226,8 +226,14 @@ pub fn parse_schedules(
             return None;
         }
     };
-    let spans = Spans::build(text);
-    let at = |path: &[Seg], key: bool| -> (usize, usize) { spans.position(text, path, key) };
+    // The syntax tree only places problems, so it is built at the first one: a valid file of
+    // 10,000 schedules is parsed once, by serde_json.
+    let spans = std::cell::OnceCell::new();
+    let at = |path: &[Seg], key: bool| -> (usize, usize) {
+        spans
+            .get_or_init(|| Spans::build(text))
+            .position(text, path, key)
+    };
     let mut report = |path: Vec<Seg>, message: String, key: bool| {
         let (line, column) = at(&path, key);
         problems.push(Problem {
@@ -311,11 +317,11 @@ pub fn parse_schedules(
             path.push(Seg::Key(key.into()));
             path
         };
-        let line = at(&base, false).0;
         // Read the id from the raw entry so an entry with another error still takes part in
         // the duplicate check.
         if let Some(id) = entry.get("id").and_then(Value::as_str) {
-            if let Some(first) = seen.insert(id.to_string(), line) {
+            if let Some(first) = seen.insert(id.to_string(), index) {
+                let first = at(&[Seg::Key("schedules".into()), Seg::Index(first)], false).0;
                 report(
                     with("id"),
                     format!("duplicate id {id:?} (first used on line {first})"),
@@ -353,7 +359,7 @@ pub fn parse_schedules(
                 false,
             );
         }
-        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir, line);
+        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir);
         // serde_json's maps are sorted, so this text is canonical.
         schedule.fingerprint = format!("{entry}|{defaults_text}|{}", timezone.name());
         let modes_path = if fields.modes.is_some() {

@@ -113,8 +113,6 @@ pub struct Schedule {
     pub env: BTreeMap<String, String>,
     /// Working directory of the modes; relative paths are resolved against the instance.
     pub cwd: PathBuf,
-    /// 1-based line of the entry in schedules.json, for messages.
-    pub line: usize,
     /// The entry and the defaults as canonical JSON: equal exactly when the entry's effect is
     /// equal. A reload reschedules a schedule whose fingerprint changed, and an escalation
     /// lasts until it does.
@@ -129,7 +127,6 @@ impl Schedule {
         defaults: &ScheduleFields,
         file_timezone: Tz,
         instance: &std::path::Path,
-        line: usize,
     ) -> Schedule {
         let d = defaults.clone();
         let cron = fields
@@ -170,7 +167,6 @@ impl Schedule {
             jitter: fields.jitter.or(d.jitter).map_or(Duration::ZERO, |j| j.0),
             env,
             cwd,
-            line,
             fingerprint: String::new(),
         }
     }
@@ -209,7 +205,7 @@ mod tests {
             r#"{"id": "x", "task": "t", "timeout": "90s", "env": {"B": "2"}}"#,
         )
         .unwrap();
-        let s = Schedule::resolve(fields, &defaults, Tz::UTC, std::path::Path::new("inst"), 3);
+        let s = Schedule::resolve(fields, &defaults, Tz::UTC, std::path::Path::new("inst"));
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert_eq!(s.max_failures, 5);
         assert_eq!(s.env.get("A").map(String::as_str), Some("1"));
