@@ -792,7 +792,11 @@ mod tests {
     fn schedules_must_be_an_array() {
         let p = problems("{\n  \"version\": 1,\n  \"schedules\": {}\n}");
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("schedules.json:3:16: \"schedules\" must be an array"), "{}", p[0]);
+        assert!(
+            p[0].starts_with("schedules.json:3:16: \"schedules\" must be an array"),
+            "{}",
+            p[0]
+        );
         let p = problems("{\n  \"version\": 1\n}");
         assert!(p[0].contains("missing field \"schedules\""), "{p:?}");
     }
