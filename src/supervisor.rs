@@ -427,37 +427,27 @@ impl Supervisor {
             return;
         };
         if entry.running > 0 {
-            match entry.schedule.overlap {
-                Overlap::Skip => {
-                    tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: the previous cycle still runs");
-                    record_row(
-                        &self.recorder,
-                        &entry.schedule,
-                        instant,
-                        dispatched_at,
-                        Status::Skipped,
-                        "overlap skip: the previous cycle still runs",
-                    );
-                    return;
-                }
-                Overlap::Queue if entry.queued.is_some() => {
-                    tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: a cycle is already queued");
-                    record_row(
-                        &self.recorder,
-                        &entry.schedule,
-                        instant,
-                        dispatched_at,
-                        Status::Skipped,
-                        "overlap queue: a cycle is already queued",
-                    );
-                    return;
-                }
-                Overlap::Queue => {
-                    tracing::info!(schedule = %id, scheduled_at = %instant, "queued behind the running cycle");
-                    entry.queued = Some(instant);
-                    return;
-                }
-                Overlap::Parallel => {}
+            let skip = match (entry.schedule.overlap, entry.queued.is_some()) {
+                (Overlap::Skip, _) => Some("overlap skip: the previous cycle still runs"),
+                (Overlap::Queue, true) => Some("overlap queue: a cycle is already queued"),
+                _ => None,
+            };
+            if let Some(note) = skip {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: {note}");
+                record_row(
+                    &self.recorder,
+                    &entry.schedule,
+                    instant,
+                    dispatched_at,
+                    Status::Skipped,
+                    note,
+                );
+                return;
+            }
+            if entry.schedule.overlap == Overlap::Queue {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "queued behind the running cycle");
+                entry.queued = Some(instant);
+                return;
             }
         }
         entry.running += 1;

@@ -541,34 +541,7 @@ fn groups_left_by_a_killed_run_cycle_are_reaped_by_the_next_one() {
     let inst = Instance::new(
         r#"[{ "id": "s1", "task": "t", "modes": ["slow"] }, { "id": "s2", "task": "t", "modes": ["quick"] }]"#,
     );
-    let pids = inst.path().join("pids");
-    inst.mode(
-        "slow",
-        &format!("[\"{}\"]", fixture("grandchild-sleeper.sh")),
-        &format!(
-            "prompt = \"none\"\nenv = {{ PIDS_FILE = \"{}\" }}",
-            pids.display()
-        ),
-    );
-    inst.mode("quick", "[\"true\"]", "");
-    let mut first = inst
-        .command(&["run-cycle", "--schedule", "s1"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pids.exists() {
-        assert!(Instant::now() < deadline, "the mode never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    first.kill().unwrap();
-    first.wait().unwrap();
-    let orphans: Vec<i32> = std::fs::read_to_string(&pids)
-        .unwrap()
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let orphans = kill_supervisor_mid_mode(&inst, "slow", "grandchild-sleeper.sh");
     assert!(
         orphans.iter().all(|p| process_exists(*p)),
         "SIGKILL of the supervisor leaves its mode's group running"
@@ -650,10 +623,29 @@ fn a_descendant_that_left_its_group_is_found_after_its_supervisor_dies() {
     let inst = Instance::new(
         r#"[{ "id": "s1", "task": "t", "modes": ["daemonizes"] }, { "id": "s2", "task": "t", "modes": ["quick"] }]"#,
     );
+    let recorded = kill_supervisor_mid_mode(&inst, "daemonizes", "escaping-sleeper.sh");
+    let escaped = recorded[1];
+    assert!(process_exists(escaped), "the escaped descendant runs on");
+    let out = inst.run(&["run-cycle", "--schedule", "s2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_exists(escaped) {
+        assert!(
+            Instant::now() < deadline,
+            "the escaped descendant {escaped} survived"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `run-cycle --schedule s1` whose one mode runs `script` (which writes its pids to
+/// $PIDS_FILE), waits until the mode has started, SIGKILLs the supervisor, and returns the
+/// pids the mode recorded: what a supervisor that died leaves behind.
+fn kill_supervisor_mid_mode(inst: &Instance, mode: &str, script: &str) -> Vec<i32> {
     let pids = inst.path().join("pids");
     inst.mode(
-        "daemonizes",
-        &format!("[\"{}\"]", fixture("escaping-sleeper.sh")),
+        mode,
+        &format!("[\"{}\"]", fixture(script)),
         &format!(
             "prompt = \"none\"\nenv = {{ PIDS_FILE = \"{}\" }}",
             pids.display()
@@ -670,23 +662,12 @@ fn a_descendant_that_left_its_group_is_found_after_its_supervisor_dies() {
         assert!(Instant::now() < deadline, "the mode never started");
         std::thread::sleep(Duration::from_millis(20));
     }
+    std::thread::sleep(Duration::from_millis(100));
     first.kill().unwrap();
     first.wait().unwrap();
-    let recorded: Vec<i32> = std::fs::read_to_string(&pids)
+    std::fs::read_to_string(&pids)
         .unwrap()
         .split_whitespace()
         .map(|p| p.parse().unwrap())
-        .collect();
-    let escaped = recorded[1];
-    assert!(process_exists(escaped), "the escaped descendant runs on");
-    let out = inst.run(&["run-cycle", "--schedule", "s2"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_exists(escaped) {
-        assert!(
-            Instant::now() < deadline,
-            "the escaped descendant {escaped} survived"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .collect()
 }
