@@ -9,6 +9,7 @@ pub mod config;
 pub mod cron;
 pub mod cycle;
 pub mod duration;
+pub mod heap;
 pub mod init;
 pub mod leftover;
 pub mod lock;

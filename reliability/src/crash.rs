@@ -198,7 +198,7 @@ pub fn run(opts: Options) -> Res<bool> {
     report.info("instance", h.dir.display());
     report.print("crash");
     let ok = report.violations.is_empty();
-    util::finish_dir(tmp);
+    util::finish_dir(tmp, !ok);
     Ok(ok)
 }
 

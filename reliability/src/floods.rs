@@ -262,7 +262,7 @@ fn flood_stdout(bin: &Path) -> Res<bool> {
         r.info("serve: logs of its last flood cycle", sizes.join(", "));
     }
     r.print("floods (a): 1 GiB to stdout");
-    util::finish_dir(tmp);
+    util::finish_dir(tmp, !r.violations.is_empty());
     Ok(r.violations.is_empty())
 }
 
@@ -363,7 +363,7 @@ fn stdin_closed(bin: &Path) -> Res<bool> {
         read_bytes.is_some_and(|n| n > 2 * MIB),
     );
     r.print("floods (b): 2 MiB prompt, stdin closed / never read / read");
-    util::finish_dir(tmp);
+    util::finish_dir(tmp, !r.violations.is_empty());
     Ok(r.violations.is_empty())
 }
 
@@ -468,7 +468,7 @@ fn fork_children(bin: &Path) -> Res<bool> {
     }
     r.info("rows", row_summary(dir, "fork"));
     r.print("floods (c): 200 children");
-    util::finish_dir(tmp);
+    util::finish_dir(tmp, !r.violations.is_empty());
     Ok(r.violations.is_empty())
 }
 
@@ -734,7 +734,7 @@ fn full_disk(bin: &Path) -> Res<bool> {
     }
     r.print("floods (d): full filesystem");
     drop(_mount);
-    util::finish_dir(tmp);
+    util::finish_dir(tmp, !r.violations.is_empty());
     Ok(r.violations.is_empty())
 }
 

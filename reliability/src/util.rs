@@ -481,8 +481,10 @@ pub fn instance_dir(label: &str) -> Res<tempfile::TempDir> {
 }
 
 /// Keeps the directory on disk when `REL_KEEP` is set (for a post-mortem), and says where.
-pub fn finish_dir(dir: tempfile::TempDir) {
-    if std::env::var_os("REL_KEEP").is_some() {
+/// Removes the instance, unless `REL_KEEP` is set or `keep` (a run with a violation keeps
+/// its instance, so the violation can be examined afterwards).
+pub fn finish_dir(dir: tempfile::TempDir, keep: bool) {
+    if keep || std::env::var_os("REL_KEEP").is_some() {
         let path = dir.keep();
         println!("kept the instance at {}", path.display());
     }
