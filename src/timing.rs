@@ -41,7 +41,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -242,8 +242,6 @@ pub enum TimingError {
     Sync { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}", path = path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("cannot encode a row for {path}: {source}", path = path.display())]
-    Encode { path: PathBuf, source: csv::Error },
 }
 
 /// Makes `s` fit the `note` cell: every control character (tab, CR, LF, escape…) and
@@ -267,56 +265,105 @@ fn one_line_char(c: char) -> char {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.chars().map(one_line_char).collect()
-}
-
 fn format_time(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn cells(row: &Row) -> [String; 13] {
-    [
-        row.scheduled_at
-            .as_ref()
-            .map(format_time)
-            .unwrap_or_default(),
-        format_time(&row.started_at),
-        format_time(&row.finished_at),
-        row.duration_ms.to_string(),
-        row.priority.to_string(),
-        one_line(&row.schedule),
-        one_line(&row.cycle),
-        one_line(&row.mode),
-        row.attempt.to_string(),
-        row.status.to_string(),
-        row.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-        row.cost_usd
-            .filter(|c| c.is_finite())
-            .map(|c| c.to_string())
-            .unwrap_or_default(),
-        sanitize_note(&row.note),
-    ]
+/// Encodes `header` (when asked) and `rows` as the exact bytes of their lines.
+///
+/// Written by hand rather than through `csv::Writer` (the reader still uses csv): every cell
+/// is one-line text without a tab by construction (see [`one_line_char`]), so a line is its
+/// cells joined by tabs. Building a csv writer (an 8 KiB zeroed buffer) and 13 `String`s per
+/// row cost twice the lock, write and unlock of an append without fdatasync (BENCHMARKS.md,
+/// figure 3). The test `hand_encoder_matches_csv` holds it to the csv writer's bytes.
+fn encode(header: bool, rows: &[Row]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(rows.len() * 256 + if header { 128 } else { 0 });
+    if header {
+        buf.extend_from_slice(header_line().as_bytes());
+        buf.push(b'\n');
+    }
+    for row in rows {
+        encode_row(&mut buf, row);
+    }
+    buf
 }
 
-/// Encodes `header` (when asked) and `rows` as the exact bytes of their lines.
-fn encode(header: bool, rows: &[Row]) -> Result<Vec<u8>, csv::Error> {
-    let mut buf = Vec::with_capacity(rows.len() * 256 + 128);
-    {
-        let mut writer = csv::WriterBuilder::new()
-            .delimiter(b'\t')
-            .quote_style(csv::QuoteStyle::Never)
-            .terminator(csv::Terminator::Any(b'\n'))
-            .from_writer(&mut buf);
-        if header {
-            writer.write_record(HEADER)?;
-        }
-        for row in rows {
-            writer.write_record(cells(row))?;
-        }
-        writer.flush()?;
+fn encode_row(buf: &mut Vec<u8>, row: &Row) {
+    use std::io::Write as _;
+    if let Some(at) = &row.scheduled_at {
+        push_time(buf, at);
     }
-    Ok(buf)
+    buf.push(b'\t');
+    push_time(buf, &row.started_at);
+    buf.push(b'\t');
+    push_time(buf, &row.finished_at);
+    // Writing to a Vec cannot fail.
+    let _ = write!(buf, "\t{}\t{}\t", row.duration_ms, row.priority.as_str());
+    push_one_line(buf, &row.schedule, usize::MAX);
+    buf.push(b'\t');
+    push_one_line(buf, &row.cycle, usize::MAX);
+    buf.push(b'\t');
+    push_one_line(buf, &row.mode, usize::MAX);
+    let _ = write!(buf, "\t{}\t{}\t", row.attempt, row.status.as_str());
+    if let Some(code) = row.exit_code {
+        let _ = write!(buf, "{code}");
+    }
+    buf.push(b'\t');
+    if let Some(cost) = row.cost_usd.filter(|c| c.is_finite()) {
+        let _ = write!(buf, "{cost}");
+    }
+    buf.push(b'\t');
+    push_one_line(buf, &row.note, NOTE_MAX_CHARS);
+    buf.push(b'\n');
+}
+
+/// `s` as [`sanitize_note`] with at most `max_chars` characters makes it, without a copy.
+fn push_one_line(buf: &mut Vec<u8>, s: &str, max_chars: usize) {
+    // A text of at most `max_chars` bytes has at most that many characters.
+    if s.len() > max_chars && s.chars().nth(max_chars).is_some() {
+        buf.extend_from_slice(sanitize_note(s).as_bytes());
+        return;
+    }
+    if s.bytes().all(|b| b >= 0x20 && b != 0x7f && b < 0x80) {
+        buf.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let mut utf8 = [0u8; 4];
+    for c in s.chars() {
+        buf.extend_from_slice(one_line_char(c).encode_utf8(&mut utf8).as_bytes());
+    }
+}
+
+/// `t` as [`format_time`] writes it: `YYYY-MM-DDTHH:MM:SS.mmmZ`. Years outside 0..=9999 and
+/// leap seconds take chrono's formatter.
+fn push_time(buf: &mut Vec<u8>, t: &DateTime<Utc>) {
+    use chrono::{Datelike, Timelike};
+    // Components of the naive time: on a `DateTime` each accessor converts again.
+    let t = t.naive_utc();
+    let year = t.year();
+    if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
+        buf.extend_from_slice(format_time(&t.and_utc()).as_bytes());
+        return;
+    }
+    let digits = |buf: &mut Vec<u8>, n: u32, width: u32| {
+        for place in (0..width).rev() {
+            buf.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+        }
+    };
+    digits(buf, year as u32, 4);
+    buf.push(b'-');
+    digits(buf, t.month(), 2);
+    buf.push(b'-');
+    digits(buf, t.day(), 2);
+    buf.push(b'T');
+    digits(buf, t.hour(), 2);
+    buf.push(b':');
+    digits(buf, t.minute(), 2);
+    buf.push(b':');
+    digits(buf, t.second(), 2);
+    buf.push(b'.');
+    digits(buf, t.nanosecond() / 1_000_000, 3);
+    buf.push(b'Z');
 }
 
 fn header_line() -> String {
@@ -380,11 +427,7 @@ impl TimingFile {
         if rows.is_empty() {
             return Ok(());
         }
-        let body = encode(false, rows).map_err(|source| TimingError::Encode {
-            path: self.path.clone(),
-            source,
-        })?;
-        self.append_bytes(&body)
+        self.append_bytes(&encode(false, rows))
     }
 
     /// Creates the file if needed and writes the header if it is empty (for `init`).
@@ -441,16 +484,16 @@ impl TimingFile {
             source,
         })?;
 
-        let meta = guard.metadata().map_err(|source| TimingError::Read {
-            path: path(),
-            source,
-        })?;
-        let len = meta.len();
-        let prefix: Vec<u8> = if len == 0 {
-            encode(true, &[]).map_err(|source| TimingError::Encode {
+        // The length decides the header and the torn-tail repair. lseek(SEEK_END) rather
+        // than fstat: it is the cheaper call, and it runs once per append.
+        let len = guard
+            .seek(io::SeekFrom::End(0))
+            .map_err(|source| TimingError::Read {
                 path: path(),
                 source,
-            })?
+            })?;
+        let prefix: Vec<u8> = if len == 0 {
+            encode(true, &[])
         } else if known_end == Some(len) {
             Vec::new()
         } else {
@@ -745,6 +788,107 @@ mod tests {
         }
     }
 
+    /// The csv writer's encoding of a row, which the hand-written encoder replaced.
+    fn csv_encoded(row: &Row) -> Vec<u8> {
+        let one_line = |s: &str| -> String { s.chars().map(one_line_char).collect() };
+        let cells = [
+            row.scheduled_at
+                .as_ref()
+                .map(format_time)
+                .unwrap_or_default(),
+            format_time(&row.started_at),
+            format_time(&row.finished_at),
+            row.duration_ms.to_string(),
+            row.priority.to_string(),
+            one_line(&row.schedule),
+            one_line(&row.cycle),
+            one_line(&row.mode),
+            row.attempt.to_string(),
+            row.status.to_string(),
+            row.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            row.cost_usd
+                .filter(|c| c.is_finite())
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            sanitize_note(&row.note),
+        ];
+        let mut buf = Vec::new();
+        let mut writer = csv::WriterBuilder::new()
+            .delimiter(b'\t')
+            .quote_style(csv::QuoteStyle::Never)
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(&mut buf);
+        writer.write_record(cells).unwrap();
+        writer.flush().unwrap();
+        drop(writer);
+        buf
+    }
+
+    #[test]
+    fn hand_encoder_matches_csv() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let texts = [
+            "",
+            "plain",
+            "tab\there",
+            "new\nline\r\n",
+            "unicode ✓ and \u{2028} \u{2029} \u{85} \u{7f} \u{1b}[31m",
+            "\"quoted\" \\ back",
+        ];
+        let times = [
+            Utc.with_ymd_and_hms(2026, 3, 29, 1, 59, 59).unwrap()
+                + chrono::Duration::milliseconds(999),
+            Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-5, 1, 1, 0, 0, 0).unwrap(),
+            // A leap second: chrono writes it as second 60.
+            chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+                .unwrap()
+                .and_hms_milli_opt(23, 59, 59, 1_500)
+                .unwrap()
+                .and_utc(),
+        ];
+        for i in 0..2_000 {
+            let mut r = row(texts[i % texts.len()]);
+            let pick = |rng: &mut rand::rngs::StdRng| times[rng.random_range(0..times.len())];
+            r.scheduled_at = rng.random_bool(0.5).then(|| pick(&mut rng));
+            r.started_at = if rng.random_bool(0.5) {
+                pick(&mut rng)
+            } else {
+                Utc.timestamp_millis_opt(rng.random_range(0..4_102_444_800_000))
+                    .unwrap()
+            };
+            r.finished_at = r.started_at + chrono::Duration::nanoseconds(rng.random_range(0..i64::MAX / 4));
+            r.duration_ms = rng.random();
+            r.schedule = texts[rng.random_range(0..texts.len())].repeat(rng.random_range(0..3));
+            r.mode = texts[rng.random_range(0..texts.len())].into();
+            r.attempt = rng.random();
+            r.status = Status::ALL[i % Status::ALL.len()];
+            r.priority = if i % 2 == 0 { Priority::Todo } else { Priority::Schedule };
+            r.exit_code = rng.random_bool(0.7).then(|| rng.random());
+            r.cost_usd = match i % 5 {
+                0 => None,
+                1 => Some(f64::NAN),
+                2 => Some(f64::INFINITY),
+                3 => Some(rng.random::<f64>() * 10.0),
+                _ => Some(1e-7),
+            };
+            // Notes around the 500-character limit, with multi-byte characters.
+            let unit = texts[rng.random_range(0..texts.len())];
+            let n = rng.random_range(0..=(NOTE_MAX_CHARS + 3));
+            r.note = unit.chars().chain("é".chars()).cycle().take(n).collect();
+            assert_eq!(
+                String::from_utf8(encode(false, std::slice::from_ref(&r))).unwrap(),
+                String::from_utf8(csv_encoded(&r)).unwrap(),
+                "row {r:?}"
+            );
+        }
+        let header = String::from_utf8(encode(true, &[])).unwrap();
+        assert_eq!(header, format!("{}\n", HEADER.join("\t")));
+    }
+
     /// A row whose note names its writer and index and is long (~430 bytes), so that a
     /// batch of them is bigger than PIPE_BUF.
     fn writer_row(writer: usize, i: usize) -> Row {
@@ -1003,7 +1147,7 @@ mod tests {
 
     #[test]
     fn reader_skips_and_counts_bad_lines_with_their_numbers() {
-        let good = String::from_utf8(encode(false, &[row("ok")]).unwrap()).unwrap();
+        let good = String::from_utf8(encode(false, &[row("ok")])).unwrap();
         let bad_time = good.replacen("2026-11-21T10:00:03.120Z", "yesterday", 1);
         let bad_status = good.replacen("\tok\t", "\tfine\t", 1);
         let nan_cost = good.replacen("0.125", "NaN", 1);
@@ -1026,7 +1170,7 @@ mod tests {
 
     #[test]
     fn missing_header_is_a_bad_line_and_rows_are_still_read() {
-        let good = String::from_utf8(encode(false, &[row("ok")]).unwrap()).unwrap();
+        let good = String::from_utf8(encode(false, &[row("ok")])).unwrap();
         let log = TimingLog::parse(format!("scheduled_at\tstarted\n{good}{good}").as_bytes());
         assert_eq!(log.rows.len(), 2);
         assert_eq!(log.bad_lines.len(), 1);
