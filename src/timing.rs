@@ -860,13 +860,18 @@ mod tests {
                 Utc.timestamp_millis_opt(rng.random_range(0..4_102_444_800_000))
                     .unwrap()
             };
-            r.finished_at = r.started_at + chrono::Duration::nanoseconds(rng.random_range(0..i64::MAX / 4));
+            r.finished_at =
+                r.started_at + chrono::Duration::nanoseconds(rng.random_range(0..i64::MAX / 4));
             r.duration_ms = rng.random();
             r.schedule = texts[rng.random_range(0..texts.len())].repeat(rng.random_range(0..3));
             r.mode = texts[rng.random_range(0..texts.len())].into();
             r.attempt = rng.random();
             r.status = Status::ALL[i % Status::ALL.len()];
-            r.priority = if i % 2 == 0 { Priority::Todo } else { Priority::Schedule };
+            r.priority = if i % 2 == 0 {
+                Priority::Todo
+            } else {
+                Priority::Schedule
+            };
             r.exit_code = rng.random_bool(0.7).then(|| rng.random());
             r.cost_usd = match i % 5 {
                 0 => None,

@@ -448,9 +448,11 @@ fn verify_timing(
     // disable/enable at the end): its instants from the `escalated` row to its next fire
     // are not fires to expect.
     let mut escalations: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for row in timing.rows.iter().filter(|r| {
-        r.mode == "cycle" && r.status == loop_orchestrator::timing::Status::Escalated
-    }) {
+    for row in timing
+        .rows
+        .iter()
+        .filter(|r| r.mode == "cycle" && r.status == loop_orchestrator::timing::Status::Escalated)
+    {
         escalations
             .entry(row.schedule.as_str())
             .or_default()
