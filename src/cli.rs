@@ -335,9 +335,17 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
     for reaped in crate::leftover::reap(dir) {
         eprintln!("{reaped}");
     }
-    let rt = runtime();
+    // One thread: a run-cycle runs one mode at a time, and worker threads would only add
+    // their start-up and a cross-thread wake-up per step (figure 5 in BENCHMARKS.md).
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("run-cycle: cannot start the runtime");
+        return EXIT_FAILED;
+    };
     rt.block_on(async {
-        let recorder = crate::recorder::Recorder::for_instance(dir);
+        let recorder = crate::recorder::Recorder::inline_for_instance(dir);
         let cancel = CancellationToken::new();
         let interrupted = spawn_signal_cancel(cancel.clone());
         let mut code = EXIT_OK;

@@ -9,9 +9,13 @@
 //! Within a batch, memory entries are committed before rows, and batches in order: so a row
 //! on disk implies that every memory entry sent before it is on disk too.
 //! A batch's I/O error is every one of its requests' error.
+//!
+//! `run-cycle` runs one cycle at a time and has nothing to group: its recorder is *inline*,
+//! committing on the caller's thread with the same order (queued memory entries before the
+//! rows that follow them).
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
@@ -36,20 +40,55 @@ enum Job {
 #[error("{0}")]
 pub struct RecordError(String);
 
-/// A handle to the writer thread; clone it freely. The thread ends when the last handle drops.
+/// A handle to the writer; clone it freely. A writer thread ends when the last handle drops;
+/// an inline writer commits what is still queued then.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Job>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Thread(mpsc::Sender<Job>),
+    Inline(Arc<Mutex<Inline>>),
+}
+
+/// The writer of a process that runs one cycle at a time (`run-cycle`): it commits on the
+/// caller's thread when the caller waits, so a row costs no hand-off to another thread and
+/// back; detached jobs wait in `queued` for the next commit, in order.
+struct Inline {
+    writer: Writer,
+    queued: Vec<Job>,
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        let jobs = std::mem::take(&mut self.queued);
+        self.writer.commit(jobs);
+    }
 }
 
 impl Recorder {
     pub fn start(timing: TimingFile, memory: MemoryStore) -> Recorder {
         let (tx, rx) = mpsc::channel();
+        let mut writer = Writer::new(timing, memory);
         std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || writer(rx, timing, memory))
+            .spawn(move || writer.run(rx))
             .expect("the recorder thread starts");
-        Recorder { tx }
+        Recorder {
+            inner: Inner::Thread(tx),
+        }
+    }
+
+    /// A recorder without a thread, for a process with one cycle at a time (see [`Inline`]).
+    pub fn inline(timing: TimingFile, memory: MemoryStore) -> Recorder {
+        Recorder {
+            inner: Inner::Inline(Arc::new(Mutex::new(Inline {
+                writer: Writer::new(timing, memory),
+                queued: Vec::new(),
+            }))),
+        }
     }
 
     /// The recorder of an instance directory.
@@ -60,12 +99,37 @@ impl Recorder {
         )
     }
 
+    /// The inline recorder of an instance directory.
+    pub fn inline_for_instance(dir: &Path) -> Recorder {
+        Recorder::inline(
+            TimingFile::new(dir.join(crate::cycle::TIMING_FILE)),
+            crate::cycle::memory_store(dir),
+        )
+    }
+
+    /// Hands `job` to the writer; `wait` says the caller will wait for its answer, so an
+    /// inline writer commits now. `false` when the writer is gone.
+    fn send(&self, job: Job, wait: bool) -> bool {
+        match &self.inner {
+            Inner::Thread(tx) => tx.send(job).is_ok(),
+            Inner::Inline(inline) => {
+                let mut inline = inline.lock().unwrap_or_else(|p| p.into_inner());
+                inline.queued.push(job);
+                if wait {
+                    let jobs = std::mem::take(&mut inline.queued);
+                    inline.writer.commit(jobs);
+                }
+                true
+            }
+        }
+    }
+
     /// Appends rows; returns once they are on disk.
     pub async fn rows(&self, rows: Vec<Row>) -> Result<(), RecordError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job::Rows(rows, ack))
-            .map_err(|_| RecordError("the recorder stopped".into()))?;
+        if !self.send(Job::Rows(rows, ack), true) {
+            return Err(RecordError("the recorder stopped".into()));
+        }
         done.await
             .map_err(|_| RecordError("the recorder stopped".into()))?
             .map_err(RecordError)
@@ -75,7 +139,7 @@ impl Recorder {
     /// fire). Errors are logged by the writer; [`Recorder::flush`] waits for them.
     pub fn rows_detached(&self, rows: Vec<Row>) {
         let (ack, _) = oneshot::channel();
-        if self.tx.send(Job::Rows(rows, ack)).is_err() {
+        if !self.send(Job::Rows(rows, ack), false) {
             tracing::error!("rows not written: the recorder stopped");
         }
     }
@@ -83,7 +147,7 @@ impl Recorder {
     /// Returns once everything sent before is on disk.
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(Job::Flush(ack)).is_ok() {
+        if self.send(Job::Flush(ack), true) {
             let _ = done.await;
         }
     }
@@ -92,7 +156,7 @@ impl Recorder {
     /// them (see the module doc). Errors are logged by the writer.
     pub fn memory_detached(&self, entries: Vec<(Section, String)>, limits: MemoryLimits) {
         let (ack, _) = oneshot::channel();
-        if self.tx.send(Job::Memory(entries, limits, ack)).is_err() {
+        if !self.send(Job::Memory(entries, limits, ack), false) {
             tracing::error!("memory entries not written: the recorder stopped");
         }
     }
@@ -104,9 +168,9 @@ impl Recorder {
         limits: MemoryLimits,
     ) -> Result<(), RecordError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job::Memory(entries, limits, ack))
-            .map_err(|_| RecordError("the recorder stopped".into()))?;
+        if !self.send(Job::Memory(entries, limits, ack), true) {
+            return Err(RecordError("the recorder stopped".into()));
+        }
         done.await
             .map_err(|_| RecordError("the recorder stopped".into()))?
             .map_err(RecordError)
@@ -116,18 +180,44 @@ impl Recorder {
 /// Memory entries kept for another try after a failed write (a full disk), at most this many.
 const MAX_PENDING: usize = 10_000;
 
-fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
-    // Entries whose write failed, retried with the next batch: a disk that fills up for a
-    // while delays them instead of losing them.
-    let mut pending: Vec<(Section, String)> = Vec::new();
-    let mut pending_limits = None;
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+/// The files and the entries still owed to the memory file.
+struct Writer {
+    timing: TimingFile,
+    memory: MemoryStore,
+    /// Entries whose write failed, retried with the next batch: a disk that fills up for a
+    /// while delays them instead of losing them.
+    pending: Vec<(Section, String)>,
+    pending_limits: Option<MemoryLimits>,
+}
+
+impl Writer {
+    fn new(timing: TimingFile, memory: MemoryStore) -> Writer {
+        Writer {
+            timing,
+            memory,
+            pending: Vec::new(),
+            pending_limits: None,
+        }
+    }
+
+    /// The writer thread: takes every job waiting and commits them together.
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
+            self.commit(jobs);
+        }
+    }
+
+    /// Commits one batch: its memory entries, then its rows, then answers its flushes.
+    fn commit(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
         }
         let mut rows = Vec::new();
         let mut row_acks = Vec::new();
@@ -149,11 +239,12 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
                 Job::Flush(ack) => flushes.push(ack),
             }
         }
-        if let Some(limits) = limits.or(pending_limits) {
-            let mut all = std::mem::take(&mut pending);
+        if let Some(limits) = limits.or(self.pending_limits) {
+            let mut all = std::mem::take(&mut self.pending);
             let retried = all.len();
             all.extend(entries);
-            let result = memory
+            let result = self
+                .memory
                 .add_and_prune(&all, limits)
                 .map(|_| ())
                 .map_err(|err| err.to_string());
@@ -166,8 +257,8 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
                     let dropped = all.len().saturating_sub(MAX_PENDING);
                     all.drain(..dropped);
                     tracing::error!(error = %err, kept = all.len(), dropped, "memory entries not written; kept for the next write");
-                    pending = all;
-                    pending_limits = Some(limits);
+                    self.pending = all;
+                    self.pending_limits = Some(limits);
                 }
             }
             for ack in memory_acks {
@@ -175,7 +266,7 @@ fn writer(rx: mpsc::Receiver<Job>, timing: TimingFile, memory: MemoryStore) {
             }
         }
         if !row_acks.is_empty() {
-            let result = timing.append_all(&rows).map_err(|err| err.to_string());
+            let result = self.timing.append_all(&rows).map_err(|err| err.to_string());
             if let Err(err) = &result {
                 tracing::error!(error = %err, rows = rows.len(), "rows not written");
             }

@@ -230,21 +230,17 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
     let wants_file =
         prompt == PromptDelivery::File || argv.iter().skip(1).any(|a| a == PROMPT_FILE_PLACEHOLDER);
     if wants_file {
-        write_prompt_file(&prompt_file, &prompt_text)
-            .await
-            .map_err(|source| RunError::PromptFile {
-                program: program.clone(),
-                path: prompt_file.clone(),
-                source,
-            })?;
-    }
-    let mut log = CappedLog::create(&log_path, log_cap)
-        .await
-        .map_err(|source| RunError::Log {
+        write_prompt_file(&prompt_file, &prompt_text).map_err(|source| RunError::PromptFile {
             program: program.clone(),
-            path: log_path.clone(),
+            path: prompt_file.clone(),
             source,
         })?;
+    }
+    let mut log = CappedLog::create(&log_path, log_cap).map_err(|source| RunError::Log {
+        program: program.clone(),
+        path: log_path.clone(),
+        source,
+    })?;
 
     let mut cmd = Command::new(&program);
     cmd.args(argv.iter().skip(1).map(|arg| {
@@ -400,7 +396,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
             read = read_some(&mut stdout, &mut out_buf) => match read {
                 Ok(n) if n > 0 => {
                     let chunk = &out_buf[..n];
-                    log.write(chunk).await;
+                    log.write(chunk);
                     out_lines.feed(chunk, |line, complete| seen.stdout_line(line, complete));
                 }
                 other => {
@@ -414,7 +410,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
             read = read_some(&mut stderr, &mut err_buf) => match read {
                 Ok(n) if n > 0 => {
                     let chunk = &err_buf[..n];
-                    log.write(chunk).await;
+                    log.write(chunk);
                     err_lines.feed(chunk, |line, _| seen.stderr_line(line));
                 }
                 other => {
@@ -432,7 +428,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
     drop(stderr);
     let finished_at = Utc::now();
     let duration = start.elapsed();
-    let log = log.finish().await;
+    let log = log.finish();
     let limits = Limits {
         timeout,
         kill_grace,
@@ -702,21 +698,21 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_prompt_file(path: &Path, text: &str) -> io::Result<()> {
+fn write_prompt_file(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(parent).await?;
+        std::fs::create_dir_all(parent)?;
     }
-    // The prompt carries memory and plans: readable by the owner only.
-    let mut file = tokio::fs::OpenOptions::new()
+    // The prompt carries memory and plans: readable by the owner only. Not fsynced: the
+    // file is the child's input, and after a crash there is no child to read it.
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .await?;
-    file.write_all(text.as_bytes()).await?;
-    file.flush().await?;
-    file.sync_all().await
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 fn spawn_reason(error: &io::Error) -> String {
@@ -762,8 +758,13 @@ fn clip(text: &str, max: usize) -> String {
 
 /// The log file: the first `cap` bytes of output, then one marker with the exact count
 /// of what was discarded.
+///
+/// Written with blocking calls on the async task, not through `tokio::fs`: a write lands in
+/// the page cache in microseconds, while `tokio::fs` hands every chunk to a blocking-pool
+/// thread and back (a thread start and two wake-ups per mode; figure 5 in BENCHMARKS.md).
+/// The cap bounds what one run can write.
 struct CappedLog {
-    file: Option<tokio::fs::File>,
+    file: Option<std::fs::File>,
     cap: u64,
     kept: u64,
     discarded: u64,
@@ -778,11 +779,11 @@ struct LogSummary {
 }
 
 impl CappedLog {
-    async fn create(path: &Path, cap: u64) -> io::Result<CappedLog> {
+    fn create(path: &Path, cap: u64) -> io::Result<CappedLog> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(parent).await?;
+            std::fs::create_dir_all(parent)?;
         }
-        let file = tokio::fs::File::create(path).await?;
+        let file = std::fs::File::create(path)?;
         Ok(CappedLog {
             file: Some(file),
             cap,
@@ -792,7 +793,7 @@ impl CappedLog {
         })
     }
 
-    async fn write(&mut self, chunk: &[u8]) {
+    fn write(&mut self, chunk: &[u8]) {
         let room = self.cap.saturating_sub(self.kept);
         let keep = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
         self.discarded += (chunk.len() - keep) as u64;
@@ -801,7 +802,7 @@ impl CappedLog {
         }
         self.kept += keep as u64;
         if let Some(file) = &mut self.file
-            && let Err(error) = file.write_all(&chunk[..keep]).await
+            && let Err(error) = std::io::Write::write_all(file, &chunk[..keep])
         {
             // A full disk must not fail the run; keep reading, stop writing.
             tracing::warn!(%error, "cannot write the run log; output is discarded from here");
@@ -810,16 +811,16 @@ impl CappedLog {
         }
     }
 
-    async fn finish(mut self) -> LogSummary {
+    fn finish(mut self) -> LogSummary {
         let mut bytes = self.kept;
         if let Some(mut file) = self.file.take() {
             let mut result = Ok(());
             if self.discarded > 0 {
                 let marker = truncation_marker(self.cap, self.discarded);
-                result = file.write_all(marker.as_bytes()).await;
+                result = std::io::Write::write_all(&mut file, marker.as_bytes());
                 bytes += marker.len() as u64;
             }
-            if let Err(error) = result.and(file.flush().await) {
+            if let Err(error) = result {
                 tracing::warn!(%error, "cannot finish the run log");
                 self.error.get_or_insert(error);
             }
