@@ -482,6 +482,45 @@ fn sd_notify_datagrams() {
     assert_eq!(code, Some(0));
 }
 
+#[test]
+fn status_after_each_dispatch_names_the_next_instant() {
+    let inst = instance(
+        r#"[{ "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["ok"] }]"#,
+        "",
+    );
+    let socket_dir = tempfile::tempdir().unwrap();
+    let listener = loop_orchestrator::notify::NotifyListener::bind_in(socket_dir.path()).unwrap();
+    let socket = listener.path().display().to_string();
+    let serve = Serve::start(&inst, &[("NOTIFY_SOCKET", &socket)]);
+    // The `next … at` instants of the STATUS= datagrams that follow READY=1.
+    let mut nexts = Vec::new();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while nexts.len() < 3 && Instant::now() < deadline {
+        let Some(message) = listener.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        seen.push(message.clone());
+        if message.contains("READY=1") {
+            continue;
+        }
+        if let Some(at) = message
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS="))
+            .and_then(|status| status.split("; next tick at ").nth(1))
+        {
+            nexts.push(at.to_string());
+        }
+    }
+    let (code, _) = serve.stop();
+    assert_eq!(code, Some(0));
+    assert!(nexts.len() >= 3, "STATUS= after dispatches: {seen:?}");
+    assert!(
+        nexts.windows(2).all(|w| w[0] < w[1]),
+        "each STATUS= names a later next instant: {nexts:?}"
+    );
+}
+
 impl Serve {
     fn stop_after_signal(mut self) -> (Option<i32>, Duration) {
         let started = Instant::now();

@@ -365,9 +365,11 @@ pub fn figure(size: Size) -> Figure {
         3,
         "Row append",
         format!(
-            "`TimingFile::append` of a {{len}}-byte mode row (open, flock, write, fdatasync, \
-             close per row) against a raw loop of flock(LOCK_EX) + one write of the same bytes \
-             on an O_APPEND fd kept open (+ fdatasync) + unlock, each on its own file. \
+            "`TimingFile::append` of a {{len}}-byte mode row (encode the `Row`, flock, \
+             lseek(SEEK_END) for the header and torn-tail rule, write, fdatasync, unlock; the \
+             descriptor stays open) against a raw loop of flock(LOCK_EX) + one write of the \
+             same pre-encoded bytes on an O_APPEND fd kept open (+ fdatasync) + unlock, each \
+             on its own file. \
              Rows per side and cell: {sync_count} with fdatasync, {nosync_count} without, in \
              {rounds} round(s) alternating ours/raw and split over the processes; median \
              round throughput, p99 over all appends."
