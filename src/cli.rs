@@ -128,7 +128,8 @@ pub struct RunCycleArgs {
     #[arg(long, value_name = "ID")]
     pub schedule: Option<String>,
     /// Run TODO.md item N (see `todo`) through the schedule's modes, as priority `todo`,
-    /// capped at 3600 s. Uses --schedule, or the first enabled schedule.
+    /// capped at 3600 s; while a service runs, it stops 2 s before the next schedule fire.
+    /// Uses --schedule, or the first enabled schedule.
     #[arg(long, value_name = "N")]
     pub todo: Option<usize>,
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
@@ -344,10 +345,28 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
         eprintln!("run-cycle: cannot start the runtime");
         return EXIT_FAILED;
     };
+    // SPEC §4: a todo run gives way to schedule fires. Fires happen only in a running
+    // service, so the run ends at the next instant of any enabled schedule while one serves.
+    let preempt_at = todo_item
+        .as_ref()
+        .and_then(|_| next_fire_while_serving(dir, &config));
     rt.block_on(async {
         let recorder = crate::recorder::Recorder::inline_for_instance(dir);
         let cancel = CancellationToken::new();
         let interrupted = spawn_signal_cancel(cancel.clone());
+        if let Some((id, at)) = preempt_at.clone() {
+            let cancel = cancel.clone();
+            // A little ahead of the fire, so that a mode that ends on SIGTERM has let go of
+            // the schedule's lock when the service takes it.
+            let wait = (at - PREEMPT_LEAD - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                eprintln!("preempted: schedule {id} fires at {at}; stopping the todo run");
+                cancel.cancel();
+            });
+        }
         let mut code = EXIT_OK;
         for schedule in schedules {
             if cancel.is_cancelled() {
@@ -398,7 +417,12 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
                 },
                 todo_item: todo_item.clone(),
                 dispatched_at: None,
-                note: None,
+                note: preempt_at.as_ref().map(|(id, at)| {
+                    format!(
+                        "a todo run: gives way to the fire of {id} at {}",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    )
+                }),
             };
             let outcome = cycle::run(spec, &recorder, cancel.clone(), print_mode).await;
             drop(guard);
@@ -429,6 +453,25 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
         }
         code
     })
+}
+
+/// How long before a schedule fire a todo run is stopped.
+const PREEMPT_LEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
+/// The next instant of any enabled schedule, and whose, when a service holds the instance.
+fn next_fire_while_serving(
+    dir: &Path,
+    config: &Config,
+) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+    LockFile::service(dir).ok()?.probe()?;
+    let now = chrono::Utc::now();
+    config
+        .schedules
+        .iter()
+        .filter(|s| s.enabled)
+        .filter_map(|s| Some((s.cron.next_after(now, s.timezone)?, s.id.clone())))
+        .min()
+        .map(|(at, id)| (id, at))
 }
 
 fn print_mode(report: &ModeReport) {

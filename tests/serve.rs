@@ -483,6 +483,67 @@ fn sd_notify_datagrams() {
 }
 
 #[test]
+fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
+    let inst = instance(
+        r#"[
+    { "id": "tick", "task": "t", "cron": "*/6 * * * * *", "modes": ["ok"] },
+    { "id": "manual", "task": "t", "cron": "0 0 1 1 *", "modes": ["nap"] }
+  ]"#,
+        "",
+    );
+    inst.agent_mode("nap", "FAKE_SLEEP = \"60\"", "prompt = \"none\"");
+    inst.write("TODO.md", "# TODO\n- [ ] a long item\n");
+    let serve = Serve::start(&inst, &[]);
+    let started = Instant::now();
+    let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
+    let took = started.elapsed();
+    let (code, _) = serve.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("preempted: schedule tick fires at"),
+        "{}",
+        text(&out)
+    );
+    // The next */6 instant is at most 6 s away; the todo run ends 2 s before it.
+    assert!(took < Duration::from_secs(10), "the todo run took {took:?}");
+    let rows = inst.rows();
+    let todo_cycle = rows
+        .iter()
+        .find(|r| r[5] == "manual" && r[7] == "cycle")
+        .expect("the todo run's cycle row");
+    assert_eq!(todo_cycle[4], "todo");
+    assert_eq!(todo_cycle[9], "interrupted");
+    assert!(
+        todo_cycle[12].contains("gives way to the fire of tick at"),
+        "{todo_cycle:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[5] == "manual" && r[7] == "nap" && r[9] == "interrupted"),
+        "the mode's row is interrupted: {rows:?}"
+    );
+}
+
+#[test]
+fn todo_run_without_a_service_is_not_preempted() {
+    let inst = instance(
+        r#"[
+    { "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["ok"] },
+    { "id": "manual", "task": "t", "cron": "0 0 1 1 *", "modes": ["nap"] }
+  ]"#,
+        "",
+    );
+    inst.agent_mode("nap", "FAKE_SLEEP = \"3\"", "prompt = \"none\"");
+    inst.write("TODO.md", "# TODO\n- [ ] an item\n");
+    let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = inst.rows();
+    let cycle = rows.iter().find(|r| r[7] == "cycle").unwrap();
+    assert_eq!((cycle[4].as_str(), cycle[9].as_str()), ("todo", "ok"));
+}
+
+#[test]
 fn status_after_each_dispatch_names_the_next_instant() {
     let inst = instance(
         r#"[{ "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["ok"] }]"#,
