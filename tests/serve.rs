@@ -836,7 +836,11 @@ fn max_concurrent_cycles_makes_fires_wait_in_due_order() {
         let mode_started = pair[1].finished_at - chrono::Duration::milliseconds(500);
         assert!(
             mode_started >= pair[0].finished_at - chrono::Duration::milliseconds(50),
-            "two cycles ran at once with max_concurrent_cycles = 1"
+            "two cycles ran at once with max_concurrent_cycles = 1: {:?}\n{}",
+            ran.iter()
+                .map(|r| (&r.schedule, r.started_at, r.finished_at))
+                .collect::<Vec<_>>(),
+            inst.read("task_timing.tsv")
         );
     }
     let notes: Vec<String> = inst
