@@ -3,7 +3,9 @@
 //! `MemoryStore::prune(limits, true)`, which reads, parses, archives (fsync), writes a
 //! temp file (fsync), renames and fsyncs the directory. The baseline reads the same file
 //! and iterates every pulldown-cmark event. A second line times `MemoryDoc::parse`
-//! alone against the same baseline, to tell parsing from I/O.
+//! alone, and a third the whole prune minus its I/O (`MemoryDoc::prune_dry_run` on
+//! the parsed file: parse, plan, layout check, new text and archive batch), against the
+//! same baseline, to tell computing from reading, writing and syncing.
 
 use std::path::Path;
 use std::time::Instant;
@@ -152,6 +154,7 @@ pub fn figure(size: Size) -> Figure {
         eprintln!("  figure 4: {label}");
         let mut prune_ms = Vec::new();
         let mut parse_ms = Vec::new();
+        let mut compute_ms = Vec::new();
         let mut base_ms = Vec::new();
         let mut failed = None;
         for _ in 0..case.runs {
@@ -178,6 +181,10 @@ pub fn figure(size: Size) -> Figure {
             parse_ms.push(t.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(doc.entry_count());
             let t = Instant::now();
+            let dry = MemoryDoc::parse(&text).prune_dry_run(limits, true);
+            compute_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(dry);
+            let t = Instant::now();
             let report = store.prune(limits, true);
             prune_ms.push(t.elapsed().as_secs_f64() * 1e3);
             match report {
@@ -201,6 +208,7 @@ pub fn figure(size: Size) -> Figure {
         }
         let prune = Samples::new(prune_ms).median();
         let parse = Samples::new(parse_ms).median();
+        let compute = Samples::new(compute_ms).median();
         let base = Samples::new(base_ms).median();
         let (target, verdict) = match case.target_ms {
             Some(t) => (format!("≤ {}", stats::ms(t)), Verdict::judge(prune <= t)),
@@ -218,6 +226,12 @@ pub fn figure(size: Size) -> Figure {
                 .ours(stats::ms(parse))
                 .baseline(stats::ms(base))
                 .ratio(stats::ratio(parse, base)),
+        );
+        figure.lines.push(
+            Line::new(&label, "prune without I/O (`prune_dry_run`)")
+                .ours(stats::ms(compute))
+                .baseline(stats::ms(base))
+                .ratio(stats::ratio(compute, base)),
         );
     }
     figure

@@ -1,11 +1,13 @@
 //! `memory::MemoryDoc::parse` on arbitrary UTF-8 text, then a forced prune through a real
 //! `MemoryStore` in a temp directory.
 //!
-//! Properties: no panic; parsing renders back the identical text; every entry's line is
-//! a line of the text. A prune may fail with an error (then the memory file must be
-//! untouched), but when it succeeds: the skeleton (everything but entries: headings,
-//! paragraphs, code) is unchanged, and every entry of the input is, as often as it
-//! occurred, either in the new memory file or in the archive (compared by `entry_key`).
+//! Properties: no panic; where the line scan (the fast path for simple files) accepts
+//! the text, it finds exactly the headings, entries, lines and spans pulldown-cmark
+//! finds; parsing renders back the identical text; every entry's line is a line of the
+//! text. A prune may fail with an error (then the memory file must be untouched), but
+//! when it succeeds: the skeleton (everything but entries: headings, paragraphs, code)
+//! is unchanged, and every entry of the input is, as often as it occurred, either in
+//! the new memory file or in the archive (compared by `entry_key`).
 
 #![no_main]
 
@@ -13,7 +15,7 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
 use loop_orchestrator::memory::{
-    MemoryDoc, MemoryLimits, MemoryStore, Section, archived_entries, entry_key,
+    MemoryDoc, MemoryLimits, MemoryStore, Section, archived_entries, check_line_scan, entry_key,
 };
 
 /// Small limits, so that ordinary inputs are pruned.
@@ -32,6 +34,24 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The input, and two variants the line scan is likelier to accept: without control
+    // characters, and with every other line indented into the item above it.
+    let plain: String = text
+        .chars()
+        .filter(|c| *c == '\n' || !c.is_control())
+        .collect();
+    let indented: String = plain
+        .split_inclusive('\n')
+        .map(|line| match line.as_bytes().first() {
+            Some(b'#' | b'-' | b'*' | b'+' | b'\n') | None => line.to_string(),
+            Some(_) => format!("  {line}"),
+        })
+        .collect();
+    for variant in [text, &plain, &indented] {
+        if let Err(difference) = check_line_scan(variant) {
+            panic!("the line scan disagrees with pulldown-cmark on {variant:?}:\n{difference}");
+        }
+    }
     let before = MemoryDoc::parse(text);
     assert_eq!(before.render(), text, "render() is not the input");
     let lines = text.matches('\n').count() + 1;
