@@ -74,13 +74,19 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// This process's start time, read once: every record and `LOOP_SUPERVISOR` names it.
+fn own_start_time() -> Option<u64> {
+    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *START.get_or_init(|| start_time(std::process::id() as i32))
+}
+
 /// Writes the record of a group just spawned by this process; returns its path.
 pub fn record(dir: &Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
     let record = PidRecord {
         pgid,
         leader_start: start_time(pgid),
         owner_pid: std::process::id(),
-        owner_start: start_time(std::process::id() as i32),
+        owner_start: own_start_time(),
         started_at: Utc::now(),
         label,
     };
@@ -156,7 +162,7 @@ pub fn register(dir: &Path) -> Registration {
 /// The value of `LOOP_SUPERVISOR` this process gives its children: `<pid>:<start time>`.
 pub fn supervisor_tag() -> String {
     let me = std::process::id();
-    format!("{me}:{}", start_time(me as i32).unwrap_or(0))
+    format!("{me}:{}", own_start_time().unwrap_or(0))
 }
 
 /// Processes of this instance (`LOOP_DIR`) whose supervisor (`LOOP_SUPERVISOR`) is dead: what

@@ -29,6 +29,10 @@
 //! - Nothing is lost: every removed entry is appended to the archive and fsynced
 //!   *before* the memory file is replaced (temp file, fsync, rename, directory fsync).
 //!   A crash at any instant leaves each entry in the memory file, the archive, or both.
+//! - An update that only adds text at the end of the file (the supervisor's System Updates
+//!   entries, when that section is last) appends it in place, one write and one
+//!   fdatasync, after checking that the file still holds what was read; a crash during
+//!   that write leaves part of the new text, never loses old text.
 //! - Every write holds an exclusive fd-lock on the lock file, and re-reads the memory
 //!   file just before the rename: if someone edited it meanwhile, the update starts
 //!   over from the new content (writers that do not take the lock, such as editors,
@@ -1313,6 +1317,26 @@ impl MemoryStore {
             if original.as_deref() == Some(text.as_str()) {
                 return Ok(plan.report);
             }
+            // Entries added at the end of the file, nothing removed: appended in place.
+            if plan.archive.is_empty()
+                && let Some(original) = original.as_deref()
+                && text.len() > original.len()
+                && text.starts_with(original)
+            {
+                #[cfg(test)]
+                if let Some(hook) = self.before_replace {
+                    hook(&self.memory, attempt);
+                }
+                if self.append_if_unchanged(original, &text[original.len()..])? {
+                    return Ok(plan.report);
+                }
+                tracing::warn!(
+                    file = %self.memory.display(),
+                    attempt,
+                    "memory file changed while it was being updated; starting over"
+                );
+                continue;
+            }
             let temp = self.write_temp(&text)?;
             #[cfg(test)]
             if let Some(hook) = self.before_replace {
@@ -1341,6 +1365,45 @@ impl MemoryStore {
             path: self.memory.clone(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// Appends `suffix` to the memory file if it still holds exactly `original`: one write
+    /// and one fdatasync, where a replacement costs a temp file, its fsync, a rename and a
+    /// directory fsync (figure 5 in BENCHMARKS.md: the cycle's System Updates entries go
+    /// at the end of the file). `false`, with the file as it was, when it changed since it
+    /// was read or was replaced while this wrote; the caller starts over. A crash during
+    /// the write leaves a part of the suffix: text, never a lost entry of the original.
+    fn append_if_unchanged(&self, original: &str, suffix: &str) -> Result<bool, MemoryError> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let write_error = |source| MemoryError::Write {
+            path: self.memory.clone(),
+            source,
+        };
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.memory)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(write_error(source)),
+        };
+        let mut now = String::with_capacity(original.len());
+        if file.read_to_string(&mut now).is_err() || now != original {
+            return Ok(false);
+        }
+        if let Err(source) = file.write_all(suffix.as_bytes()) {
+            // Nothing half-written stays behind: the entries are retried whole.
+            let _ = file.set_len(original.len() as u64);
+            return Err(write_error(source));
+        }
+        file.sync_data().map_err(write_error)?;
+        // An editor that replaced the file by rename meanwhile has our lines in the old
+        // inode, not at the path.
+        let ours = file.metadata().map_err(write_error)?;
+        Ok(fs::metadata(&self.memory)
+            .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (ours.dev(), ours.ino())))
     }
 
     fn temp_prefix(&self) -> String {
@@ -1901,6 +1964,75 @@ Commands\n--------\n\
         let mut text = fs::read_to_string(memory).unwrap();
         text.push_str(&format!("- racing writer {attempt}\n"));
         fs::write(memory, text).unwrap();
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().ino()
+    }
+
+    #[test]
+    fn entries_added_at_the_end_are_appended_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        store
+            .add(&[(Section::SystemUpdates, "first".into())])
+            .unwrap();
+        let before = fs::read_to_string(store.memory_path()).unwrap();
+        let file = inode(store.memory_path());
+        store
+            .add(&[
+                (Section::SystemUpdates, "second".into()),
+                (Section::SystemUpdates, "third\nwith a second line".into()),
+            ])
+            .unwrap();
+        let after = fs::read_to_string(store.memory_path()).unwrap();
+        assert_eq!(
+            after,
+            format!("{before}- second\n- third\n  with a second line\n")
+        );
+        assert_eq!(inode(store.memory_path()), file, "appended, not replaced");
+        // An entry of an earlier section is inserted: the file is replaced.
+        store.add(&[(Section::Commands, "cmd".into())]).unwrap();
+        assert_ne!(inode(store.memory_path()), file);
+        assert_eq!(store.read().unwrap().entries(Section::Commands), ["cmd"]);
+    }
+
+    #[test]
+    fn change_before_an_append_starts_over_and_keeps_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        store
+            .add(&[(Section::SystemUpdates, "base".into())])
+            .unwrap();
+        store.before_replace = Some(append_entry_on_first_attempt);
+        store
+            .add(&[(Section::SystemUpdates, "mine".into())])
+            .unwrap();
+        assert_eq!(
+            store.read().unwrap().entries(Section::SystemUpdates),
+            ["base", "written by someone else", "mine"]
+        );
+    }
+
+    #[test]
+    fn a_file_that_keeps_changing_during_appends_is_an_error_not_a_lost_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        store
+            .add(&[(Section::SystemUpdates, "base".into())])
+            .unwrap();
+        store.before_replace = Some(append_entry_always);
+        let error = store
+            .add(&[(Section::SystemUpdates, "mine".into())])
+            .unwrap_err();
+        assert!(
+            matches!(error, MemoryError::KeepsChanging { .. }),
+            "{error}"
+        );
+        let text = fs::read_to_string(store.memory_path()).unwrap();
+        assert!(!text.contains("mine"), "{text}");
+        assert!(text.contains("racing writer 4"), "{text}");
     }
 
     #[test]
