@@ -448,7 +448,16 @@ pub fn cycle_row(
         duration_ms: (now - dispatched_at).num_milliseconds().max(0) as u64,
         priority: Priority::Schedule,
         schedule: schedule.id.clone(),
-        cycle: format!("{}-{}", cycle_stamp(dispatched_at), schedule.id),
+        // Not a cycle that ran, so no run folder gives it an id. Its own: the instant (each
+        // fires once), or for an escalation the moment, and the status. Stamped by the
+        // dispatch moment alone, a skipped queued fire and the escalation that dropped it
+        // shared an id (the soak's one doubled cycle row).
+        cycle: format!(
+            "{}-{}~{}",
+            cycle_stamp(scheduled_at.unwrap_or(dispatched_at)),
+            schedule.id,
+            status
+        ),
         mode: "cycle".to_string(),
         attempt: 1,
         status,
@@ -654,6 +663,51 @@ impl StatusCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escalation_and_the_queued_fire_it_drops_do_not_share_a_cycle_id() {
+        use crate::schedule::ScheduleFields;
+        let fields: ScheduleFields =
+            serde_json::from_str(r#"{"id": "s307", "task": "t", "overlap": "queue"}"#).unwrap();
+        let schedule = Schedule::resolve(
+            fields,
+            &ScheduleFields::default(),
+            chrono_tz::Tz::UTC,
+            Path::new("inst"),
+        );
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let now = at("2026-11-21T13:50:43.697Z");
+        // One dispatch moment: the queued instant dropped by the escalation, the escalation,
+        // and two instants of one late wake skipped together.
+        let rows = [
+            cycle_row(
+                &schedule,
+                Some(at("2026-11-21T13:50:15Z")),
+                now,
+                Status::Skipped,
+                "x",
+            ),
+            cycle_row(&schedule, None, now, Status::Escalated, "x"),
+            cycle_row(
+                &schedule,
+                Some(at("2026-11-21T13:50:41Z")),
+                now,
+                Status::Skipped,
+                "x",
+            ),
+            cycle_row(
+                &schedule,
+                Some(at("2026-11-21T13:50:42Z")),
+                now,
+                Status::Skipped,
+                "x",
+            ),
+        ];
+        let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.cycle.as_str()).collect();
+        assert_eq!(ids.len(), rows.len(), "{rows:?}");
+        assert_eq!(rows[0].cycle, "20261121T135015.000Z-s307~skipped");
+        assert_eq!(rows[1].cycle, "20261121T135043.697Z-s307~escalated");
+    }
 
     #[test]
     fn retention_never_removes_the_folder_of_a_running_cycle() {

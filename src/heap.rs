@@ -5,20 +5,25 @@
 //! allocated at the end: the growth was freed memory that glibc kept. glibc gives each
 //! thread that meets contention an arena of its own (up to 8 per core), and memory freed in
 //! an arena stays resident until trimmed. The cycles' short-lived blocking-pool threads
-//! spread allocations over many arenas. Two remedies, both glibc's own knobs:
+//! spread allocations over many arenas, and glibc raises its mmap threshold each time a
+//! large block is freed, after which blocks such as a mode's 64 KiB read buffers are carved
+//! from the arenas among small long-lived ones. Three remedies, all glibc's own knobs:
 //! - at most two arenas (`M_ARENA_MAX`), so freed chunks are reused rather than stranded;
+//! - a fixed mmap threshold of 64 KiB (`M_MMAP_THRESHOLD`): read buffers and file texts
+//!   get mappings of their own, returned whole when freed;
 //! - `malloc_trim(0)` now and then, which returns every arena's free pages to the kernel.
 //!
 //! Written against `libc` directly: no crate wraps these two calls; other C libraries
 //! (musl) have neither knob and need neither.
 
-/// Limits glibc to two malloc arenas. Call before any other thread starts.
-pub fn limit_arenas() {
+/// Sets glibc's arena limit and mmap threshold. Call before any other thread starts.
+pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before the runtimes
-    // start their threads, and any value is valid input (a refusal returns 0, ignored).
+    // SAFETY: mallopt only sets allocator parameters; it is called before the runtimes
+    // start their threads, and the values are valid input (a refusal returns 0, ignored).
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
 }
 

@@ -64,7 +64,7 @@ const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 pub fn serve(dir: &Path) -> u8 {
-    crate::heap::limit_arenas();
+    crate::heap::tune();
     let dir = match std::path::absolute(dir) {
         Ok(dir) => dir,
         Err(err) => {

@@ -667,6 +667,20 @@ fn verify_resources(
             util::median(&mut end).unwrap_or(0),
         );
         let growth = b as i64 - a as i64;
+        let part = |of: fn(&util::Sample) -> u64| {
+            let mut first: Vec<u64> = warm[..n].iter().map(|s| of(s)).collect();
+            let mut end: Vec<u64> = warm[warm.len() - n..].iter().map(|s| of(s)).collect();
+            util::median(&mut end).unwrap_or(0) as i64
+                - util::median(&mut first).unwrap_or(0) as i64
+        };
+        report.info(
+            "RSS growth after warm-up, by part",
+            format!(
+                "anonymous {:+} kB, mapped files {:+} kB",
+                part(|s| s.anon_kb),
+                part(|s| s.file_kb)
+            ),
+        );
         report.check(
             "RSS growth after warm-up (median of 6 samples after 1 min -> last 6)",
             format!("{a} kB -> {b} kB = {growth:+} kB (limit {RSS_GROWTH_LIMIT_KB})"),

@@ -207,6 +207,10 @@ pub fn children(pid: i32) -> Vec<i32> {
 pub struct Sample {
     pub at: Duration,
     pub rss_kb: u64,
+    /// The parts of `rss_kb`: anonymous memory (the heap, stacks) and mapped files (the
+    /// binary's pages as code paths are first used).
+    pub anon_kb: u64,
+    pub file_kb: u64,
     pub hwm_kb: u64,
     pub fds: usize,
     pub threads: u64,
@@ -220,6 +224,8 @@ pub fn sample(pid: i32, at: Duration) -> Option<Sample> {
     Some(Sample {
         at,
         rss_kb: status_kb(pid, "VmRSS")?,
+        anon_kb: status_kb(pid, "RssAnon")?,
+        file_kb: status_kb(pid, "RssFile")?,
         hwm_kb: status_kb(pid, "VmHWM")?,
         fds: fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count(),
         threads: status_kb(pid, "Threads")?,
