@@ -356,6 +356,7 @@ impl Supervisor {
                 _ = watchdog_tick.tick(), if watchdog.is_some() => Step::Watchdog,
             };
             self.observe_clock();
+            let a_cycle_ended = matches!(step, Step::Done(_));
             match step {
                 Step::Stop(name) => break name,
                 Step::Reload(trigger) => self.reload(&trigger),
@@ -375,7 +376,10 @@ impl Supervisor {
                 }
                 Step::Watchdog => self.notify(self.notifier.watchdog()),
             }
-            if self.last_trim.elapsed() >= TRIM_EVERY {
+            // Also when the last running cycle has ended: an idle service gives back what
+            // its busiest moment needed.
+            let idle = a_cycle_ended && self.entries.values().all(|e| e.running == 0);
+            if idle || self.last_trim.elapsed() >= TRIM_EVERY {
                 crate::heap::trim();
                 self.last_trim = std::time::Instant::now();
             }
