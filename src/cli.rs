@@ -223,6 +223,13 @@ fn load(dir: &Path) -> Result<Config, u8> {
     })
 }
 
+/// A runtime on the calling thread alone (`run-cycle`, and the service's scheduling loop).
+pub fn single_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -338,10 +345,7 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
     }
     // One thread: a run-cycle runs one mode at a time, and worker threads would only add
     // their start-up and a cross-thread wake-up per step (figure 5 in BENCHMARKS.md).
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = single_thread_runtime() else {
         eprintln!("run-cycle: cannot start the runtime");
         return EXIT_FAILED;
     };

@@ -113,10 +113,7 @@ pub fn serve(dir: &Path) -> u8 {
     // look at the I/O driver only every few dozen polls): 160 ms p99 lateness at 1,000
     // schedules a second, against ~1 ms on a thread the cycles cannot delay.
     let workers = crate::cli::runtime();
-    let Ok(loop_rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(loop_rt) = crate::cli::single_thread_runtime() else {
         eprintln!("serve: cannot start the scheduler's runtime");
         return EXIT_FAILED;
     };

@@ -482,17 +482,30 @@ fn sd_notify_datagrams() {
     assert_eq!(code, Some(0));
 }
 
-#[test]
-fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
+/// A schedule `tick` on `tick_cron`, a schedule `manual` (once a year) whose mode sleeps
+/// `sleep` seconds, and one TODO item.
+fn todo_instance(tick_cron: &str, sleep: &str) -> Instance {
     let inst = instance(
-        r#"[
-    { "id": "tick", "task": "t", "cron": "*/6 * * * * *", "modes": ["ok"] },
-    { "id": "manual", "task": "t", "cron": "0 0 1 1 *", "modes": ["nap"] }
-  ]"#,
+        &format!(
+            r#"[
+    {{ "id": "tick", "task": "t", "cron": "{tick_cron}", "modes": ["ok"] }},
+    {{ "id": "manual", "task": "t", "cron": "0 0 1 1 *", "modes": ["nap"] }}
+  ]"#
+        ),
         "",
     );
-    inst.agent_mode("nap", "FAKE_SLEEP = \"60\"", "prompt = \"none\"");
-    inst.write("TODO.md", "# TODO\n- [ ] a long item\n");
+    inst.agent_mode(
+        "nap",
+        &format!("FAKE_SLEEP = \"{sleep}\""),
+        "prompt = \"none\"",
+    );
+    inst.write("TODO.md", "# TODO\n- [ ] an item\n");
+    inst
+}
+
+#[test]
+fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
+    let inst = todo_instance("*/6 * * * * *", "60");
     let serve = Serve::start(&inst, &[]);
     let started = Instant::now();
     let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
@@ -527,15 +540,7 @@ fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
 
 #[test]
 fn todo_run_without_a_service_is_not_preempted() {
-    let inst = instance(
-        r#"[
-    { "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["ok"] },
-    { "id": "manual", "task": "t", "cron": "0 0 1 1 *", "modes": ["nap"] }
-  ]"#,
-        "",
-    );
-    inst.agent_mode("nap", "FAKE_SLEEP = \"3\"", "prompt = \"none\"");
-    inst.write("TODO.md", "# TODO\n- [ ] an item\n");
+    let inst = todo_instance("* * * * * *", "3");
     let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let rows = inst.rows();
