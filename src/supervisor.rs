@@ -181,6 +181,9 @@ struct Entry {
     /// Consecutive failed cycles.
     streak: u32,
     escalated: bool,
+    /// Cancelled when the schedule is disabled or removed: its fires still waiting for
+    /// their jitter or a slot do not start (a cycle already running finishes).
+    withdrawn: CancellationToken,
 }
 
 impl Entry {
@@ -285,6 +288,7 @@ impl Supervisor {
                 queued: None,
                 streak: failure_streak(history.iter().copied()),
                 escalated,
+                withdrawn: CancellationToken::new(),
             };
             entry.arm(now);
             entries.insert(schedule.id.clone(), entry);
@@ -515,8 +519,11 @@ impl Supervisor {
             self.recorder.clone(),
             jitter,
             self.slots.clone(),
-            self.stopping.clone(),
-            self.cancel.clone(),
+            Stops {
+                stopping: self.stopping.clone(),
+                cancel: self.cancel.clone(),
+                withdrawn: entry.withdrawn.clone(),
+            },
             guard,
         ));
     }
@@ -641,6 +648,9 @@ impl Supervisor {
                             entry.schedule = schedule.clone();
                             entry.arm(now);
                             changed += 1;
+                            if !schedule.enabled {
+                                withdraw(&self.recorder, &mut entry, now, "disabled");
+                            }
                             tracing::info!(schedule = %schedule.id, next = ?entry.next, "rescheduled");
                             next_entries.insert(schedule.id.clone(), entry);
                         }
@@ -654,6 +664,7 @@ impl Supervisor {
                                 queued: None,
                                 streak: 0,
                                 escalated,
+                                withdrawn: CancellationToken::new(),
                             };
                             entry.arm(now);
                             added += 1;
@@ -662,18 +673,9 @@ impl Supervisor {
                         }
                     }
                 }
-                for (id, entry) in &self.entries {
+                for (id, entry) in &mut self.entries {
                     tracing::info!(schedule = %id, "removed: no more fires; a running cycle finishes");
-                    if let Some(instant) = entry.queued {
-                        record_row(
-                            &self.recorder,
-                            &entry.schedule,
-                            instant,
-                            now,
-                            Status::Skipped,
-                            "not started: the schedule was removed while it was queued",
-                        );
-                    }
+                    withdraw(&self.recorder, entry, now, "removed");
                 }
                 let removed = self.entries.len();
                 self.entries = next_entries;
@@ -880,16 +882,47 @@ impl Supervisor {
     }
 }
 
+/// A schedule disabled or removed by a reload: its queued instant and its fires still waiting
+/// for their jitter or a slot do not start; each gets a `skipped` row.
+fn withdraw(recorder: &Recorder, entry: &mut Entry, now: DateTime<Utc>, how: &str) {
+    entry.withdrawn.cancel();
+    entry.withdrawn = CancellationToken::new();
+    if let Some(instant) = entry.queued.take() {
+        record_row(
+            recorder,
+            &entry.schedule,
+            instant,
+            now,
+            Status::Skipped,
+            &format!("not started: the schedule was {how} while it was queued"),
+        );
+    }
+}
+
+/// What ends a dispatched fire early.
+struct Stops {
+    /// The service stops: fires not started yet are `interrupted`.
+    stopping: CancellationToken,
+    /// Running cycles are cut short (shutdown grace over).
+    cancel: CancellationToken,
+    /// The schedule was disabled or removed: fires not started yet are `skipped`.
+    withdrawn: CancellationToken,
+}
+
 /// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
 async fn run_fire(
     spec: CycleSpec,
     recorder: Recorder,
     jitter: Duration,
     slots: Arc<Semaphore>,
-    stopping: CancellationToken,
-    cancel: CancellationToken,
+    stops: Stops,
     mut done: DoneGuard,
 ) {
+    let Stops {
+        stopping,
+        cancel,
+        withdrawn,
+    } = stops;
     let instant = spec.scheduled_at.unwrap_or_else(Utc::now);
     let not_started = |spec: &CycleSpec, why: &str| {
         tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "not started: {why}");
@@ -903,18 +936,34 @@ async fn run_fire(
             &format!("not started: {why}"),
         );
     };
+    let withdrawn_row = |spec: &CycleSpec, done: &mut DoneGuard| {
+        let note = "not started: the schedule was disabled or removed while the fire waited";
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "{note}");
+        record_row(
+            &recorder,
+            &spec.schedule,
+            instant,
+            spec.dispatched_at.unwrap_or(instant),
+            Status::Skipped,
+            note,
+        );
+        done.status = Some(Status::Skipped);
+    };
     if !jitter.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(jitter) => {}
             () = stopping.cancelled() => return not_started(&spec, "the service stopped during the jitter"),
+            () = withdrawn.cancelled() => return withdrawn_row(&spec, &mut done),
         }
     }
     let _permit = tokio::select! {
+        biased;
+        () = stopping.cancelled() => return not_started(&spec, "the service stopped while it waited for a slot"),
+        () = withdrawn.cancelled() => return withdrawn_row(&spec, &mut done),
         permit = slots.acquire_owned() => match permit {
             Ok(permit) => permit,
             Err(_) => return not_started(&spec, "the slot pool closed"),
         },
-        () = stopping.cancelled() => return not_started(&spec, "the service stopped while it waited for a slot"),
     };
     if stopping.is_cancelled() {
         return not_started(&spec, "the service is stopping");
@@ -934,6 +983,7 @@ async fn run_fire(
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
                 () = stopping.cancelled() => return not_started(&spec, "the service stopped while the schedule was busy"),
+                () = withdrawn.cancelled() => return withdrawn_row(&spec, &mut done),
             }
         }
     }

@@ -903,3 +903,82 @@ fn second_sigint_forces_at_once_and_still_records_the_mode() {
         });
     }
 }
+
+#[test]
+fn fires_waiting_for_a_slot_do_not_start_after_their_schedule_is_disabled() {
+    // One slot, held 4 s at a time by `hog`; `w` fires every second (parallel), so its
+    // fires wait for the slot. Disabling `w` must drop the waiting ones, with a row each.
+    let file = |w_enabled: bool| {
+        format!(
+            r#"{{
+  "version": 1,
+  "max_concurrent_cycles": 1,
+  "schedules": [
+    {{ "id": "hog", "task": "t", "cron": "* * * * * *", "modes": ["nap"] }},
+    {{ "id": "w", "task": "t", "cron": "* * * * * *", "modes": ["ok"], "overlap": "parallel", "enabled": {w_enabled} }}
+  ]
+}}
+"#
+        )
+    };
+    let inst = Instance {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    inst.write("schedules.json", &file(true));
+    inst.mode("ok", "[\"true\"]", "prompt = \"none\"");
+    inst.agent_mode("nap", "FAKE_SLEEP = \"4\"", "prompt = \"none\"");
+    let serve = Serve::start(&inst, &[]);
+    let runs = inst.path().join(".loop-orchestrator/runs");
+    wait_until(Duration::from_secs(10), "hog runs", || {
+        std::fs::read_dir(&runs).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with("-hog"))
+        })
+    });
+    // Fires of `w` pile up behind the running hog.
+    std::thread::sleep(Duration::from_millis(2_200));
+    std::fs::write(inst.path().join("schedules.json.tmp"), file(false)).unwrap();
+    let disabled_at = chrono::Utc::now();
+    std::fs::rename(
+        inst.path().join("schedules.json.tmp"),
+        inst.path().join("schedules.json"),
+    )
+    .unwrap();
+    reloaded_after(&serve, 1);
+    // The hog's cycle ends and the slot frees: nothing of `w` may run any more.
+    wait_until(Duration::from_secs(10), "the hog's cycle ends", || {
+        cycle_rows(&inst)
+            .iter()
+            .any(|r| r.schedule == "hog" && r.status == "ok" && r.finished_at > disabled_at)
+    });
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(serve.stop().0, Some(0));
+
+    let rows = cycle_rows(&inst);
+    let ran_after: Vec<_> = rows
+        .iter()
+        .filter(|r| r.schedule == "w" && r.status != "skipped" && r.started_at > disabled_at)
+        .map(|r| (r.scheduled_at.clone(), r.started_at, r.status.clone()))
+        .collect();
+    assert!(
+        ran_after.is_empty(),
+        "fires of the disabled schedule started after the edit: {ran_after:?}\n{}",
+        inst.read("task_timing.tsv")
+    );
+    let withdrawn = inst
+        .rows()
+        .into_iter()
+        .filter(|r| {
+            r[5] == "w"
+                && r[7] == "cycle"
+                && r[9] == "skipped"
+                && r[12].contains("disabled or removed while the fire waited")
+        })
+        .count();
+    assert!(
+        withdrawn >= 1,
+        "no waiting fire of w was recorded as withdrawn:\n{}",
+        inst.read("task_timing.tsv")
+    );
+}
