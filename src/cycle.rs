@@ -128,6 +128,8 @@ pub async fn run(
     let mut interrupted = false;
     let mut any_failed = false;
     let mut counts = StatusCounts::default();
+    // The sum of the costs the modes reported; none reported, none known.
+    let mut cycle_cost: Option<f64> = None;
 
     for mode in &spec.modes {
         if interrupted {
@@ -288,7 +290,7 @@ pub async fn run(
                     },
                 )),
             };
-            let (status, note, exit_code, finished_at, memory, handoff) =
+            let (status, note, exit_code, finished_at, memory, handoff, cost_usd) =
                 match runner::run(run_spec, cancel.clone()).await {
                     Ok(outcome) => {
                         let status = match outcome.status {
@@ -312,6 +314,7 @@ pub async fn run(
                             outcome.finished_at,
                             outcome.memory,
                             outcome.handoff,
+                            outcome.cost_usd,
                         )
                     }
                     Err(err) => (
@@ -321,10 +324,11 @@ pub async fn run(
                         Utc::now(),
                         Vec::new(),
                         Vec::new(),
+                        None,
                     ),
                 };
             let duration = (finished_at - started_at).to_std().unwrap_or_default();
-            let row = row(
+            let mut row = row(
                 &spec,
                 &cycle,
                 &mode.slug,
@@ -335,6 +339,10 @@ pub async fn run(
                 exit_code,
                 &note,
             );
+            row.cost_usd = cost_usd;
+            if let Some(cost) = cost_usd {
+                *cycle_cost.get_or_insert(0.0) += cost;
+            }
             // The mode's own MEMORY lines are committed before its row (the recorder keeps
             // that order), so a row on disk means its entries are too. The System Updates
             // entry, derived from the row, joins the cycle's others in one write at the end.
@@ -408,9 +416,10 @@ pub async fn run(
     if let Some((mode, s)) = &stopped_by {
         note.push_str(&format!("; stopped by {mode} ({s})"));
     }
-    let cycle_row = row(
+    let mut cycle_row = row(
         &spec, &cycle, "cycle", 1, status, started, finished, None, &note,
     );
+    cycle_row.cost_usd = cycle_cost;
     if !updates.is_empty() {
         recorder.memory_detached(std::mem::take(&mut updates), limits);
     }

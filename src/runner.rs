@@ -154,6 +154,8 @@ pub struct RunOutcome {
     pub handoff: Vec<String>,
     /// Reason of the first `BLOCKED: reason` line (possibly empty).
     pub blocked: Option<String>,
+    /// What the run cost, from an agent CLI's JSON result line (see [`agent_result`]).
+    pub cost_usd: Option<f64>,
     /// Size of the log file, truncation marker included.
     pub log_bytes: u64,
     /// Bytes the child wrote to stdout and stderr, kept or not.
@@ -449,6 +451,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
         memory: seen.memory,
         handoff: seen.handoff,
         blocked: seen.blocked,
+        cost_usd: seen.cost_usd,
         log_bytes: log.bytes,
         output_bytes: log.output_bytes,
         truncated: log.truncated,
@@ -901,6 +904,7 @@ struct Seen {
     dropped_memory: usize,
     dropped_handoff: usize,
     last_line: Option<String>,
+    cost_usd: Option<f64>,
 }
 
 impl Seen {
@@ -910,7 +914,21 @@ impl Seen {
         if !complete {
             return;
         }
-        match parse_protocol(&text) {
+        if let Some(result) = agent_result(&text) {
+            if result.cost_usd.is_some() {
+                self.cost_usd = result.cost_usd;
+            }
+            // The agent's answer is inside the JSON: its lines carry the protocol.
+            for line in result.text.lines() {
+                self.protocol_line(line);
+            }
+            return;
+        }
+        self.protocol_line(&text);
+    }
+
+    fn protocol_line(&mut self, text: &str) {
+        match parse_protocol(text) {
             Some(Protocol::Memory { section, text }) => {
                 if self.memory.len() < MAX_MEMORY_ENTRIES {
                     self.memory.push((section.to_owned(), text.to_owned()));
@@ -942,6 +960,38 @@ impl Seen {
             self.last_line = Some(clip(text, SUMMARY_DETAIL_CHARS));
         }
     }
+}
+
+/// The final line of a headless agent CLI asked for JSON output: `claude -p
+/// --output-format json` prints one object, `--output-format stream-json` ends with one:
+/// `{"type":"result", "result": "<the answer>", "total_cost_usd": 0.0123, ...}` (older
+/// versions: `cost_usd`).
+#[derive(Debug, PartialEq)]
+struct AgentResult {
+    text: String,
+    cost_usd: Option<f64>,
+}
+
+/// Reads a stdout line as an agent CLI's JSON result, if it is one.
+fn agent_result(line: &str) -> Option<AgentResult> {
+    let line = line.trim();
+    if !line.starts_with('{') || !line.contains("\"result\"") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("type")?.as_str()? != "result" {
+        return None;
+    }
+    let cost_usd = ["total_cost_usd", "cost_usd"]
+        .iter()
+        .find_map(|key| value.get(*key)?.as_f64())
+        .filter(|cost| cost.is_finite() && *cost >= 0.0);
+    let text = value
+        .get("result")
+        .and_then(|r| r.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Some(AgentResult { text, cost_usd })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1521,5 +1571,41 @@ mod tests {
         let clipped = clip(&long, 300);
         assert_eq!(clipped.chars().count(), 300);
         assert!(clipped.ends_with('…'));
+    }
+
+    #[test]
+    fn an_agent_json_result_gives_the_cost_and_its_answer_carries_the_protocol() {
+        let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"Done.\nMEMORY Commands: cargo test -q\nHANDOFF: next: docs","total_cost_usd":0.0421,"num_turns":3}"#;
+        let mut seen = Seen::default();
+        seen.stdout_line(line.as_bytes(), true);
+        assert_eq!(seen.cost_usd, Some(0.0421));
+        assert_eq!(
+            seen.memory,
+            vec![("Commands".to_string(), "cargo test -q".to_string())]
+        );
+        assert_eq!(seen.handoff, vec!["next: docs".to_string()]);
+
+        let older = r#"{"type":"result","result":"BLOCKED: no credentials","cost_usd":0.5}"#;
+        let mut seen = Seen::default();
+        seen.stdout_line(older.as_bytes(), true);
+        assert_eq!(seen.cost_usd, Some(0.5));
+        assert_eq!(seen.blocked.as_deref(), Some("no credentials"));
+
+        // Other JSON lines, a result that is not one, a negative or missing cost: no cost.
+        for line in [
+            r#"{"type":"assistant","message":{"content":"MEMORY Commands: x"}}"#,
+            r#"{"type":"result","result":"ok","total_cost_usd":-1}"#,
+            r#"{"type":"result","result":"ok"}"#,
+            r#"{"type": "result", "result": "#,
+        ] {
+            let mut seen = Seen::default();
+            seen.stdout_line(line.as_bytes(), true);
+            assert_eq!(seen.cost_usd, None, "{line}");
+            assert!(seen.memory.is_empty(), "{line}");
+        }
+        // An overlong (cut) line is not read at all.
+        let mut seen = Seen::default();
+        seen.stdout_line(line.as_bytes(), false);
+        assert_eq!(seen.cost_usd, None);
     }
 }

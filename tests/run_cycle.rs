@@ -145,6 +145,46 @@ fn eight_concurrent_run_cycles_never_interleave_or_lose_a_row() {
 }
 
 #[test]
+fn an_agent_json_result_fills_cost_usd_and_its_answer_is_read_for_the_protocol() {
+    // What `claude -p --output-format json` prints: one result object, the answer inside.
+    let inst = one_schedule(&["implementation", "validation", "planning"]);
+    inst.agent_mode(
+        "implementation",
+        r#"FAKE_PRINT = '{"type":"result","subtype":"success","result":"Done.\\nMEMORY Commands: make check\\nHANDOFF: tests next","total_cost_usd":0.25}'"#,
+        "",
+    );
+    inst.agent_mode("validation", "", "");
+    inst.agent_mode(
+        "planning",
+        r#"FAKE_PRINT = '{"type":"result","result":"planned","total_cost_usd":0.5}'"#,
+        "",
+    );
+    let out = inst.run(&["run-cycle"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let costs: Vec<(String, String)> = inst
+        .rows()
+        .into_iter()
+        .map(|r| (r[7].clone(), r[11].clone()))
+        .collect();
+    assert_eq!(
+        costs,
+        vec![
+            ("implementation".into(), "0.25".into()),
+            ("validation".into(), "".into()),
+            ("planning".into(), "0.5".into()),
+            ("cycle".into(), "0.75".into()),
+        ]
+    );
+    let memory = inst.read("persistent-memory.md");
+    assert!(memory.contains("- make check"), "{memory}");
+    let implementation = &inst.rows()[0];
+    assert!(
+        implementation[12].contains("HANDOFF: tests next"),
+        "{implementation:?}"
+    );
+}
+
+#[test]
 fn blocked_stops_the_pipeline_but_always_modes_still_run() {
     let inst = one_schedule(&["implementation", "validation", "quality", "planning"]);
     let seen = inst.path().join("planning-prompt");
