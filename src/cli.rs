@@ -358,18 +358,12 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
         let recorder = crate::recorder::Recorder::inline_for_instance(dir);
         let cancel = CancellationToken::new();
         let interrupted = spawn_signal_cancel(cancel.clone());
-        if let Some((id, at)) = preempt_at.clone() {
-            let cancel = cancel.clone();
-            // A little ahead of the fire, so that a mode that ends on SIGTERM has let go of
-            // the schedule's lock when the service takes it.
-            let wait = (at - PREEMPT_LEAD - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                eprintln!("preempted: schedule {id} fires at {at}; stopping the todo run");
-                cancel.cancel();
-            });
+        if todo_item.is_some() {
+            tokio::spawn(give_way_to_fires(
+                dir.to_path_buf(),
+                preempt_at.clone(),
+                cancel.clone(),
+            ));
         }
         let mut code = EXIT_OK;
         for schedule in schedules {
@@ -461,6 +455,59 @@ fn run_cycle(dir: &Path, args: RunCycleArgs) -> u8 {
 
 /// How long before a schedule fire a todo run is stopped.
 const PREEMPT_LEAD: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+/// How often a todo run looks again for a service and at schedules.json.
+const PREEMPT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Cancels a todo run a little ahead of the next schedule fire of a running service, so
+/// that a mode that ends on SIGTERM has let go of the schedule's lock when the service
+/// takes it. Every [`PREEMPT_RECHECK`] it looks again: a service started since, or an edit
+/// of schedules.json (read again when its size, time or inode changed; a file that does not
+/// validate leaves the last instant), can bring the fire closer.
+async fn give_way_to_fires(
+    dir: PathBuf,
+    mut next: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    cancel: CancellationToken,
+) {
+    let schedules = dir.join("schedules.json");
+    let stamp = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    };
+    let mut seen = stamp(&schedules);
+    let mut config: Option<Config> = None;
+    loop {
+        let now = chrono::Utc::now();
+        if let Some((id, at)) = &next
+            && now >= *at - PREEMPT_LEAD
+        {
+            eprintln!("preempted: schedule {id} fires at {at}; stopping the todo run");
+            cancel.cancel();
+            return;
+        }
+        let nap = next
+            .as_ref()
+            .and_then(|(_, at)| (*at - PREEMPT_LEAD - now).to_std().ok())
+            .map_or(PREEMPT_RECHECK, |until| until.min(PREEMPT_RECHECK));
+        tokio::select! {
+            () = tokio::time::sleep(nap) => {}
+            () = cancel.cancelled() => return,
+        }
+        let current = stamp(&schedules);
+        if current != seen || config.is_none() {
+            seen = current;
+            match Config::load(&dir) {
+                Ok(fresh) => config = Some(fresh),
+                Err(_) if config.is_some() => {}
+                Err(_) => continue,
+            }
+        }
+        if let Some(config) = &config {
+            next = next_fire_while_serving(&dir, config);
+        }
+    }
+}
 
 /// The next instant of any enabled schedule, and whose, when a service holds the instance.
 fn next_fire_while_serving(

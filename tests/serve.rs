@@ -539,6 +539,45 @@ fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
 }
 
 #[test]
+fn todo_run_gives_way_to_a_fire_that_an_edit_brings_closer() {
+    // At the start the only fire is a year away; an edit while the todo run waits makes
+    // `tick` fire every 5 s, and the todo run must give way to it.
+    let inst = todo_instance("0 0 1 1 *", "60");
+    let serve = Serve::start(&inst, &[]);
+    let started = Instant::now();
+    let todo = inst
+        .command(&["run-cycle", "--schedule", "manual", "--todo", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let edited = inst.read("schedules.json").replace(
+        r#""cron": "0 0 1 1 *", "modes": ["ok"]"#,
+        r#""cron": "*/5 * * * * *", "modes": ["ok"]"#,
+    );
+    assert!(edited.contains("*/5"), "{edited}");
+    std::fs::write(inst.path().join("schedules.json.tmp"), edited).unwrap();
+    std::fs::rename(
+        inst.path().join("schedules.json.tmp"),
+        inst.path().join("schedules.json"),
+    )
+    .unwrap();
+    let out = todo.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let (code, _) = serve.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        text(&out).contains("preempted: schedule tick fires at"),
+        "{}",
+        text(&out)
+    );
+    // Seen within a recheck (2 s), then at most 5 s to the instant, less the 2 s lead.
+    assert!(took < Duration::from_secs(15), "the todo run took {took:?}");
+}
+
+#[test]
 fn todo_run_without_a_service_is_not_preempted() {
     let inst = todo_instance("* * * * * *", "3");
     let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
