@@ -346,14 +346,14 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
         tokio::select! {
             status = child.wait(), if leader_running => {
                 match status {
-                    Ok(status) => end.exit = Some(status),
+                    Ok(status) => end.leader_exited(status, &cancel),
                     Err(error) => end.wait_error = Some(error),
                 }
                 phase = after_leader_exit(&mut guard, kill_grace, &mut end);
             }
             () = cancel.cancelled(), if matches!(phase, Phase::Running) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    end.exit = Some(status);
+                    end.leader_exited(status, &cancel);
                     phase = after_leader_exit(&mut guard, kill_grace, &mut end);
                 } else {
                     tracing::warn!(pid, "run cancelled; terminating the group");
@@ -365,7 +365,7 @@ pub async fn run(spec: RunSpec, cancel: CancellationToken) -> Result<RunOutcome,
                 Phase::Running => {
                     // The leader may have exited in the same instant: its own status wins.
                     if let Ok(Some(status)) = child.try_wait() {
-                        end.exit = Some(status);
+                        end.leader_exited(status, &cancel);
                         phase = after_leader_exit(&mut guard, kill_grace, &mut end);
                     } else {
                         tracing::warn!(pid, ?timeout, "timed out; terminating the group");
@@ -480,6 +480,16 @@ struct Ending {
 }
 
 impl Ending {
+    /// Records the leader's exit. A leader killed by a signal once the run is cancelled was
+    /// killed by the stop (a forced stop SIGKILLs every group at once, which the runner may
+    /// see before it sees the cancellation): the run is interrupted, not failed.
+    fn leader_exited(&mut self, status: ExitStatus, cancel: &CancellationToken) {
+        self.exit = Some(status);
+        if self.stop.is_none() && cancel.is_cancelled() && status.signal().is_some() {
+            self.stop = Some(Stop::Cancelled);
+        }
+    }
+
     /// Our own stop decides first; then BLOCKED; then the exit status.
     fn status(&self, seen: &Seen) -> RunStatus {
         match self.stop {
@@ -1389,6 +1399,32 @@ mod tests {
         assert_eq!(outcome.summary, "interrupted; group terminated");
         assert!(cancelled_at.elapsed() < Duration::from_secs(2 + 15));
         assert_eq!(kill(Pid::from_raw(leader), None), Err(Errno::ESRCH));
+        assert_gone(grandchild, "grandchild").await;
+    }
+
+    #[tokio::test]
+    async fn a_group_killed_right_after_the_cancellation_is_interrupted_not_failed() {
+        // A forced stop cancels every run and SIGKILLs every group at once; the runner
+        // may see the death before the cancellation. Here both happen before it runs again
+        // (one thread: the runner cannot poll between them).
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pids");
+        let mut s = spec(dir.path(), &[&fixture("sleep-with-grandchild.sh")]);
+        s.env = vec![("PID_FILE".into(), pid_file.display().to_string())];
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_ok(s, cancel.clone()));
+        let (leader, grandchild) = read_pids(&pid_file).await;
+        cancel.cancel();
+        killpg(Pid::from_raw(leader), Signal::SIGKILL).unwrap();
+        // Blocking on purpose: the leader is dead before the runner polls again.
+        std::thread::sleep(Duration::from_millis(100));
+        let outcome = task.await.unwrap();
+        assert_eq!(
+            outcome.status,
+            RunStatus::Interrupted,
+            "{}",
+            outcome.summary
+        );
         assert_gone(grandchild, "grandchild").await;
     }
 
