@@ -1381,15 +1381,27 @@ mod tests {
         );
     }
 
+    /// A run of a leader that sleeps beside a grandchild, both writing their pids to the
+    /// returned file.
+    fn sleeper_spec(dir: &Path) -> (RunSpec, PathBuf) {
+        let pid_file = dir.join("pids");
+        let mut s = spec(dir, &[&fixture("sleep-with-grandchild.sh")]);
+        s.env = vec![("PID_FILE".into(), pid_file.display().to_string())];
+        (s, pid_file)
+    }
+
+    /// The sleeper running as a task: its handle, its cancellation and (leader, grandchild).
+    async fn start_sleeper(dir: &Path) -> (JoinHandle<RunOutcome>, CancellationToken, (i32, i32)) {
+        let (s, pid_file) = sleeper_spec(dir);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_ok(s, cancel.clone()));
+        (task, cancel, read_pids(&pid_file).await)
+    }
+
     #[tokio::test]
     async fn cancellation_interrupts_and_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pids");
-        let mut s = spec(dir.path(), &[&fixture("sleep-with-grandchild.sh")]);
-        s.env = vec![("PID_FILE".into(), pid_file.display().to_string())];
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_ok(s, cancel.clone()));
-        let (leader, grandchild) = read_pids(&pid_file).await;
+        let (task, cancel, (leader, grandchild)) = start_sleeper(dir.path()).await;
         assert!(running(grandchild));
         let cancelled_at = std::time::Instant::now();
         cancel.cancel();
@@ -1408,12 +1420,7 @@ mod tests {
         // may see the death before the cancellation. Here both happen before it runs again
         // (one thread: the runner cannot poll between them).
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pids");
-        let mut s = spec(dir.path(), &[&fixture("sleep-with-grandchild.sh")]);
-        s.env = vec![("PID_FILE".into(), pid_file.display().to_string())];
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_ok(s, cancel.clone()));
-        let (leader, grandchild) = read_pids(&pid_file).await;
+        let (task, cancel, (leader, grandchild)) = start_sleeper(dir.path()).await;
         cancel.cancel();
         killpg(Pid::from_raw(leader), Signal::SIGKILL).unwrap();
         // Blocking on purpose: the leader is dead before the runner polls again.
@@ -1431,9 +1438,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_run_kills_the_group() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("pids");
-        let mut s = spec(dir.path(), &[&fixture("sleep-with-grandchild.sh")]);
-        s.env = vec![("PID_FILE".into(), pid_file.display().to_string())];
+        let (s, pid_file) = sleeper_spec(dir.path());
         let run_future = run(s, CancellationToken::new());
         let reader = read_pids(&pid_file);
         // Running both until the pids are known, then dropping the run future mid-run.

@@ -936,9 +936,8 @@ async fn run_fire(
             &format!("not started: {why}"),
         );
     };
-    let withdrawn_row = |spec: &CycleSpec, done: &mut DoneGuard| {
-        let note = "not started: the schedule was disabled or removed while the fire waited";
-        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "{note}");
+    let skipped = |spec: &CycleSpec, done: &mut DoneGuard, note: &str| {
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
         record_row(
             &recorder,
             &spec.schedule,
@@ -948,6 +947,13 @@ async fn run_fire(
             note,
         );
         done.status = Some(Status::Skipped);
+    };
+    let withdrawn_row = |spec: &CycleSpec, done: &mut DoneGuard| {
+        skipped(
+            spec,
+            done,
+            "not started: the schedule was disabled or removed while the fire waited",
+        )
     };
     if !jitter.is_zero() {
         tokio::select! {
@@ -994,16 +1000,7 @@ async fn run_fire(
                 "overlap {}: a cycle of this schedule runs in pid {pid}",
                 spec.schedule.overlap
             );
-            tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
-            record_row(
-                &recorder,
-                &spec.schedule,
-                instant,
-                spec.dispatched_at.unwrap_or(instant),
-                Status::Skipped,
-                &note,
-            );
-            done.status = Some(Status::Skipped);
+            skipped(&spec, &mut done, &note);
             return;
         }
         Err(err) => {
