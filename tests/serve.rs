@@ -243,6 +243,16 @@ fn fires_of(inst: &Instance, id: &str) -> usize {
     cycle_rows(inst).iter().filter(|r| r.schedule == id).count()
 }
 
+/// Replaces schedules.json atomically, as `jq ... > tmp && mv tmp schedules.json` does;
+/// returns the moment just before the rename.
+fn rename_schedules_over(inst: &Instance, text: &str) -> chrono::DateTime<chrono::Utc> {
+    let tmp = inst.path().join("schedules.json.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    let at = chrono::Utc::now();
+    std::fs::rename(&tmp, inst.path().join("schedules.json")).unwrap();
+    at
+}
+
 #[test]
 fn reload_by_rename_sed_and_truncating_writer() {
     let entry = |id: &str| {
@@ -272,9 +282,7 @@ fn reload_by_rename_sed_and_truncating_writer() {
     };
 
     // 1. An atomic rename, as `jq ... > tmp && mv tmp schedules.json` does.
-    std::fs::write(inst.path().join("schedules.json.tmp"), file(&["a", "b"])).unwrap();
-    let at = chrono::Utc::now();
-    std::fs::rename(inst.path().join("schedules.json.tmp"), &path).unwrap();
+    let at = rename_schedules_over(&inst, &file(&["a", "b"]));
     assert_eq!(measure(1, at)["fields"]["added"], 1);
     wait_until(Duration::from_secs(5), "b fires", || {
         fires_of(&inst, "b") > 0
@@ -503,6 +511,18 @@ fn todo_instance(tick_cron: &str, sleep: &str) -> Instance {
     inst
 }
 
+/// Stops the service (exit 0) and checks that the todo run gave way to `tick` (exit 130).
+fn assert_preempted_by_tick(serve: Serve, out: &std::process::Output) {
+    let (code, _) = serve.stop();
+    assert_eq!(code, Some(0));
+    assert_eq!(out.status.code(), Some(130), "{}", text(out));
+    assert!(
+        text(out).contains("preempted: schedule tick fires at"),
+        "{}",
+        text(out)
+    );
+}
+
 #[test]
 fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
     let inst = todo_instance("*/6 * * * * *", "60");
@@ -510,14 +530,7 @@ fn todo_run_gives_way_to_the_next_schedule_fire_of_a_running_service() {
     let started = Instant::now();
     let out = inst.run(&["run-cycle", "--schedule", "manual", "--todo", "1"]);
     let took = started.elapsed();
-    let (code, _) = serve.stop();
-    assert_eq!(code, Some(0));
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert!(
-        text(&out).contains("preempted: schedule tick fires at"),
-        "{}",
-        text(&out)
-    );
+    assert_preempted_by_tick(serve, &out);
     // The next */6 instant is at most 6 s away; the todo run ends 2 s before it.
     assert!(took < Duration::from_secs(10), "the todo run took {took:?}");
     let rows = inst.rows();
@@ -557,22 +570,10 @@ fn todo_run_gives_way_to_a_fire_that_an_edit_brings_closer() {
         r#""cron": "*/5 * * * * *", "modes": ["ok"]"#,
     );
     assert!(edited.contains("*/5"), "{edited}");
-    std::fs::write(inst.path().join("schedules.json.tmp"), edited).unwrap();
-    std::fs::rename(
-        inst.path().join("schedules.json.tmp"),
-        inst.path().join("schedules.json"),
-    )
-    .unwrap();
+    rename_schedules_over(&inst, &edited);
     let out = todo.wait_with_output().unwrap();
     let took = started.elapsed();
-    let (code, _) = serve.stop();
-    assert_eq!(code, Some(0));
-    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert!(
-        text(&out).contains("preempted: schedule tick fires at"),
-        "{}",
-        text(&out)
-    );
+    assert_preempted_by_tick(serve, &out);
     // Seen within a recheck (2 s), then at most 5 s to the instant, less the 2 s lead.
     assert!(took < Duration::from_secs(15), "the todo run took {took:?}");
 }
@@ -977,13 +978,7 @@ fn fires_waiting_for_a_slot_do_not_start_after_their_schedule_is_disabled() {
     });
     // Fires of `w` pile up behind the running hog.
     std::thread::sleep(Duration::from_millis(2_200));
-    std::fs::write(inst.path().join("schedules.json.tmp"), file(false)).unwrap();
-    let disabled_at = chrono::Utc::now();
-    std::fs::rename(
-        inst.path().join("schedules.json.tmp"),
-        inst.path().join("schedules.json"),
-    )
-    .unwrap();
+    let disabled_at = rename_schedules_over(&inst, &file(false));
     reloaded_after(&serve, 1);
     // The hog's cycle ends and the slot frees: nothing of `w` may run any more.
     wait_until(Duration::from_secs(10), "the hog's cycle ends", || {
