@@ -145,13 +145,17 @@ impl Default for MemoryLimits {
     }
 }
 
-/// What a prune did. `archived` counts every entry moved to the archive, including
-/// the older copies of collapsed duplicates (also counted in `duplicates`).
+/// What a prune did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PruneReport {
     pub lines_before: usize,
     pub lines_after: usize,
+    /// Every entry moved to the archive, duplicates included.
     pub archived: usize,
+    /// The archived entries whose key (the text without a leading timestamp, words
+    /// spaced alike) stays in the file in another entry of their section: the collapsed
+    /// duplicates. An older copy of an entry that was itself pruned for its age counts
+    /// as pruned for age.
     pub duplicates: usize,
 }
 
@@ -684,8 +688,8 @@ impl MemoryDoc {
         prune_plan(self, limits, force).report
     }
 
-    /// Which entries a prune removes (ascending), how many of them are duplicates, and
-    /// the document left.
+    /// Which entries a prune removes (ascending), how many of them are duplicates (see
+    /// [`PruneReport::duplicates`]), and the document left.
     ///
     /// Cutting entries out verbatim can change how the text left around them parses: a
     /// paragraph followed by `---` becomes a setext heading once the list between them
@@ -695,33 +699,72 @@ impl MemoryDoc {
     /// plan is made again one entry at a time, keeping every entry whose removal would.
     /// Keeping an entry never loses anything; the file may then end above the target.
     fn prune_plan(&self, lines: usize, target_lines: usize) -> (Vec<usize>, usize, MemoryDoc) {
-        let (removed, duplicates) = self.choose_removals(lines, target_lines, |_| true);
-        if let Ok(after) = self.keeping_layout(&removed) {
-            return (removed, duplicates, after);
+        let removed = self.newest_that_fit(lines, target_lines);
+        if let Ok(after) = self.keeping_layout(&indices(&removed)) {
+            return (indices(&removed), self.copies_of_kept(&removed), after);
         }
-        let (checked, duplicates) = self.choose_removals(lines, target_lines, |removed| {
+        let checked = self.choose_removals(lines, target_lines, |removed| {
             self.keeping_layout(&indices(removed)).is_ok()
         });
         tracing::warn!(
-            planned = removed.len(),
-            removed = checked.len(),
+            planned = removed.iter().filter(|&&r| r).count(),
+            removed = checked.iter().filter(|&&r| r).count(),
             "persistent memory: kept entries whose removal would change how the text \
              around them parses"
         );
-        let after = MemoryDoc::from_text(self.without(&checked));
-        (checked, duplicates, after)
+        let after = MemoryDoc::from_text(self.without(&indices(&checked)));
+        (indices(&checked), self.copies_of_kept(&checked), after)
+    }
+
+    /// The entries to remove when any may go: every older copy of a duplicate, then the
+    /// oldest by section until the file, `lines` long now, has at most `target_lines`.
+    ///
+    /// That is what [`MemoryDoc::choose_removals`] does when every removal is allowed,
+    /// computed from the other end: the entries kept are the longest run, counted back
+    /// from the newest entry of the section pruned last, of entries that are not older
+    /// copies and that fits the lines left for entries. Walking newest first, an entry is
+    /// an older copy exactly when its key was met before in its section, and the walk
+    /// stops at the first entry that does not fit: a large file is mostly removed, and its
+    /// removed entries are neither hashed nor compared.
+    /// `the_newest_that_fit_are_what_removal_in_order_keeps` holds the two to the same
+    /// result.
+    fn newest_that_fit(&self, lines: usize, target_lines: usize) -> Vec<bool> {
+        let entry_lines: usize = self.entries.iter().map(|e| e.span_lines).sum();
+        // Lines left for entries once the rest of the file (headings, text) is counted.
+        let mut budget = (target_lines + entry_lines).saturating_sub(lines);
+        let mut removed = vec![true; self.entries.len()];
+        let state = foldhash::fast::SeedableRandomState::random();
+        let mut seen: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        for section in Section::PRUNE_ORDER.into_iter().rev() {
+            seen.clear();
+            let newest_first = self.entries.iter().enumerate().rev();
+            for (index, entry) in newest_first.filter(|(_, e)| e.section == section) {
+                let key = DedupeKey::new(section, self.entry_text(entry));
+                let hash = state.hash_one(&key);
+                let same = |(h, k): &(u64, DedupeKey)| *h == hash && *k == key;
+                if seen.find(hash, same).is_some() {
+                    continue;
+                }
+                if entry.span_lines > budget {
+                    return removed;
+                }
+                budget -= entry.span_lines;
+                removed[index] = false;
+                seen.insert_unique(hash, (hash, key), |(h, _)| *h);
+            }
+        }
+        removed
     }
 
     /// Marks the entries to remove (duplicates, then the oldest by section until the
     /// file, `lines` long now, has at most `target_lines` lines), each only if `allowed`
-    /// accepts the removals so far with it; returns their indices, ascending, and how
-    /// many of them are duplicates.
+    /// accepts the removals so far with it.
     fn choose_removals(
         &self,
         lines: usize,
         target_lines: usize,
         allowed: impl Fn(&[bool]) -> bool,
-    ) -> (Vec<usize>, usize) {
+    ) -> Vec<bool> {
         let mut removed = vec![false; self.entries.len()];
         let try_remove = |removed: &mut Vec<bool>, index: usize| {
             removed[index] = true;
@@ -729,10 +772,9 @@ impl MemoryDoc {
             removed[index] = ok;
             ok
         };
-        let mut duplicates = 0;
         for (index, duplicate) in self.older_copies().into_iter().enumerate().rev() {
-            if duplicate && try_remove(&mut removed, index) {
-                duplicates += 1;
+            if duplicate {
+                try_remove(&mut removed, index);
             }
         }
         let span_lines = |index: usize| self.entries[index].span_lines;
@@ -760,58 +802,53 @@ impl MemoryDoc {
                 }
             }
             if !progress || lines <= target_lines {
-                return (indices(&removed), duplicates);
+                return removed;
             }
         }
     }
 
     /// For each entry, whether a later entry of its section has the same key (see
     /// [`DedupeKey`]): the copies a prune collapses.
-    ///
-    /// One hash table of every key was probed at random once per entry, and waiting for
-    /// memory dominated a large prune. The keys are instead hashed in one pass into
-    /// partitions by the top bits of their hash, each small enough for its table to stay
-    /// in the cache. Equal keys hash alike, so they meet in one partition, in the order
-    /// they were hashed: newest first, so the first copy seen is the one kept. foldhash
-    /// rather than std's SipHash: this hashes every entry of the file; its seeds are
-    /// random per process, so crafted entries cannot aim at collisions.
     fn older_copies(&self) -> Vec<bool> {
-        const PARTITION_BITS: u32 = 6;
-        struct Hashed<'a> {
-            hash: u64,
-            key: DedupeKey<'a>,
-            index: usize,
-        }
         let state = foldhash::fast::SeedableRandomState::random();
-        let count = self.entries.len();
-        let mut partitions: Vec<Vec<Hashed>> = (0..1 << PARTITION_BITS)
-            .map(|_| Vec::with_capacity((count >> PARTITION_BITS) * 5 / 4))
-            .collect();
+        let mut seen: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        let mut older = vec![false; self.entries.len()];
         for (index, entry) in self.entries.iter().enumerate().rev() {
             let key = DedupeKey::new(entry.section, self.entry_text(entry));
             let hash = state.hash_one(&key);
-            let partition = &mut partitions[(hash >> (64 - PARTITION_BITS)) as usize];
-            partition.push(Hashed { hash, key, index });
-        }
-        let largest = partitions.iter().map(Vec::len).max().unwrap_or(0);
-        // Positions in the partition of the first copies seen.
-        let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(largest);
-        let mut older = vec![false; count];
-        for partition in &partitions {
-            seen.clear();
-            for (at, hashed) in partition.iter().enumerate() {
-                let same = |&first: &usize| {
-                    partition[first].hash == hashed.hash && partition[first].key == hashed.key
-                };
-                match seen.entry(hashed.hash, same, |&first| partition[first].hash) {
-                    hashbrown::hash_table::Entry::Occupied(_) => older[hashed.index] = true,
-                    hashbrown::hash_table::Entry::Vacant(slot) => {
-                        slot.insert(at);
-                    }
-                }
+            let same = |(h, k): &(u64, DedupeKey)| *h == hash && *k == key;
+            if seen.find(hash, same).is_some() {
+                older[index] = true;
+            } else {
+                seen.insert_unique(hash, (hash, key), |(h, _)| *h);
             }
         }
         older
+    }
+
+    /// How many of the `removed` entries have the key (see [`DedupeKey`]) of an entry
+    /// that stays. Only the sections that keep an entry are looked at: a prune of a large
+    /// file keeps a few hundred lines, often in one section.
+    fn copies_of_kept(&self, removed: &[bool]) -> usize {
+        let state = foldhash::fast::SeedableRandomState::random();
+        let mut kept: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        let mut keeps = [false; 3];
+        for (entry, _) in self.entries.iter().zip(removed).filter(|(_, r)| !**r) {
+            let key = DedupeKey::new(entry.section, self.entry_text(entry));
+            let hash = state.hash_one(&key);
+            keeps[entry.section.index()] = true;
+            kept.insert_unique(hash, (hash, key), |(h, _)| *h);
+        }
+        self.entries
+            .iter()
+            .zip(removed)
+            .filter(|(entry, r)| **r && keeps[entry.section.index()])
+            .filter(|(entry, _)| {
+                let key = DedupeKey::new(entry.section, self.entry_text(entry));
+                let hash = state.hash_one(&key);
+                kept.find(hash, |(h, k)| *h == hash && *k == key).is_some()
+            })
+            .count()
     }
 
     /// The document without the `removed` entries, if it parses as the same skeleton
@@ -2234,6 +2271,77 @@ Commands\n--------\n\
             plan.report.duplicates, 1,
             "a forced prune still collapses duplicates"
         );
+    }
+
+    /// A memory file of `count` entries drawn from a few texts, so that many are copies,
+    /// in all three sections (some repeated), some with timestamps or a second line, some
+    /// in loose lists.
+    fn shuffled_memory(seed: u64, count: usize) -> String {
+        let mut state = seed;
+        let mut next = |below: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % below
+        };
+        let mut text = String::from("# Persistent Memory\nSome notes.\n");
+        for _ in 0..count {
+            if next(8) == 0 {
+                let section = Section::ALL[next(3) as usize];
+                text.push_str(&format!("## {}\n", section.title()));
+            }
+            let stamp = match next(3) {
+                0 => format!("2026-11-{:02}T10:00:0{}Z ", 1 + next(28), next(10)),
+                _ => String::new(),
+            };
+            text.push_str(&format!("- {stamp}note {}\n", next(12)));
+            if next(5) == 0 {
+                text.push_str("  a second line\n");
+            }
+            if next(6) == 0 {
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn the_newest_that_fit_are_what_removal_in_order_keeps() {
+        let mut compared = 0;
+        for seed in 0..300 {
+            let doc = MemoryDoc::parse(&shuffled_memory(seed, 10 + seed as usize % 40));
+            let lines = doc.line_count();
+            for target in [0, 3, lines / 3, lines / 2, lines - 1, lines, lines + 5] {
+                assert_eq!(
+                    indices(&doc.newest_that_fit(lines, target)),
+                    indices(&doc.choose_removals(lines, target, |_| true)),
+                    "seed {seed}, target {target}:\n{}",
+                    doc.text
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 2100);
+    }
+
+    #[test]
+    fn only_copies_of_a_kept_entry_count_as_duplicates() {
+        // Oldest first: `a` twice, `b` twice, then `c`. Keeping two lines keeps `b` and
+        // `c`: the older `b` is a duplicate, both `a`s are pruned for their age.
+        let text = "## System Updates\n- a\n- b\n- a\n- b\n- c\n";
+        let doc = MemoryDoc::parse(text);
+        let plan = prune_plan(
+            &doc,
+            MemoryLimits {
+                max_lines: 0,
+                target_lines: 3,
+            },
+            true,
+        );
+        let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
+        assert_eq!(after.entries(Section::SystemUpdates), ["b", "c"]);
+        assert_eq!(plan.report.archived, 3);
+        assert_eq!(plan.report.duplicates, 1);
     }
 
     #[test]
