@@ -208,3 +208,22 @@ fn symlink_to_another_users_file_is_refused() {
         eprintln!("not root: the foreign-owner half of this test needs chown and was not run");
     }
 }
+
+/// build.rs links the binary at a fixed address on Linux, so the dynamic loader does not
+/// rewrite chrono-tz's tables at every start (figure 5 in BENCHMARKS.md), unless the build
+/// asked for a position-independent one.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_is_linked_at_a_fixed_address_unless_asked_otherwise() {
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    use std::io::Read;
+    let mut header = [0u8; 18];
+    std::fs::File::open(common::BIN)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .unwrap();
+    assert_eq!(&header[..4], b"\x7fELF");
+    let e_type = u16::from_le_bytes([header[16], header[17]]);
+    let pie = option_env!("LOOP_ORCHESTRATOR_PIE").is_some_and(|v| v != "0");
+    assert_eq!(e_type, if pie { ET_DYN } else { ET_EXEC });
+}
