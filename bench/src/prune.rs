@@ -85,6 +85,12 @@ pub fn memory_text(lines: usize) -> String {
     out
 }
 
+/// Flushes `path` and its directory.
+fn flush(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
 fn baseline_parse(path: &Path) -> Result<usize, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     Ok(Parser::new_ext(&text, Options::empty())
@@ -171,12 +177,15 @@ pub fn figure(size: Size) -> Figure {
         let mut failed = None;
         for _ in 0..case.runs {
             // The first prune of an instance creates the archive (one more flush, of
-            // the directory); every later one appends to it.
+            // the directory); every later one appends to it. The files are flushed
+            // before the clock starts: a prune finds a file written long before, not
+            // megabytes of the harness's own writes still on their way to the disk.
             let prepared = std::fs::write(store.memory_path(), &text)
                 .and_then(|()| match std::fs::remove_file(store.archive_path()) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
                 })
+                .and_then(|()| flush(store.memory_path()))
                 .map_err(|e| format!("cannot prepare the memory file: {e}"))
                 .and_then(|()| {
                     let t = Instant::now();
@@ -187,6 +196,8 @@ pub fn figure(size: Size) -> Figure {
                 .and_then(|_| {
                     std::fs::write(store.memory_path(), &text)
                         .and_then(|()| std::fs::write(store.archive_path(), EARLIER_ARCHIVE))
+                        .and_then(|()| flush(store.memory_path()))
+                        .and_then(|()| flush(store.archive_path()))
                         .map_err(|e| format!("cannot prepare the memory file: {e}"))
                 });
             if let Err(e) = prepared {
