@@ -151,10 +151,13 @@ pub enum MemoryCommand {
         /// The entry's text.
         text: String,
     },
-    /// Prune down to the target now, moving entries to persistent-memory.archive.md.
+    /// Prune down to the target now, whatever the file's length, moving entries to
+    /// persistent-memory.archive.md: older copies of an entry first, then the oldest,
+    /// System Updates before Commands before Implementation Patterns.
+    ///
+    /// Example: loop-orchestrator memory prune --target-lines 120
     Prune {
-        #[arg(long)]
-        max_lines: Option<usize>,
+        /// Lines to keep at most (default: memory.target_lines in schedules.json, 240).
         #[arg(long)]
         target_lines: Option<usize>,
     },
@@ -730,18 +733,19 @@ fn memory(dir: &Path, command: MemoryCommand) -> u8 {
                 }
             }
         }
-        MemoryCommand::Prune {
-            max_lines,
-            target_lines,
-        } => {
+        MemoryCommand::Prune { target_lines } => {
             let limits = MemoryLimits {
-                max_lines: max_lines.unwrap_or(limits.max_lines),
                 target_lines: target_lines.unwrap_or(limits.target_lines),
+                ..limits
             };
             match store.prune(limits, true) {
                 Ok(report) => {
+                    let duplicates = match report.duplicates {
+                        0 => String::new(),
+                        n => format!(" ({n} of them older copies of entries kept)"),
+                    };
                     println!(
-                        "pruned {} → {} lines; {} entries moved to {}",
+                        "pruned {} → {} lines; {} entries moved to {}{duplicates}",
                         report.lines_before,
                         report.lines_after,
                         report.archived,

@@ -314,3 +314,40 @@ fn sigkill_during_prune_loses_nothing() {
 fn libc_sigkill() -> i32 {
     nix::sys::signal::Signal::SIGKILL as i32
 }
+
+#[test]
+fn memory_prune_keeps_the_target_given_and_counts_the_duplicates_it_collapsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = loop_orchestrator::memory::initial_text();
+    for entry in ["- a\n", "- b\n", "- a\n", "- c\n", "- d\n"] {
+        text.push_str(entry);
+    }
+    fs::write(dir.path().join("persistent-memory.md"), &text).unwrap();
+    let lines = text.lines().count();
+    // Room for all but one line: the older `a` goes as a duplicate, nothing for its age.
+    let output = memory(
+        dir.path(),
+        &["prune", "--target-lines", &(lines - 1).to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "pruned {lines} → {} lines; 1 entries moved to persistent-memory.archive.md (1 of them older copies of entries kept)",
+            lines - 1
+        )),
+        "{stdout}"
+    );
+    let doc =
+        MemoryDoc::parse(&fs::read_to_string(dir.path().join("persistent-memory.md")).unwrap());
+    assert_eq!(doc.entries(Section::SystemUpdates), ["b", "a", "c", "d"]);
+    // Two lines fewer: `b`, the oldest, goes for its age.
+    let output = memory(
+        dir.path(),
+        &["prune", "--target-lines", &(lines - 2).to_string()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("; 1 entries moved to persistent-memory.archive.md\n"),
+        "{stdout}"
+    );
+}
