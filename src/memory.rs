@@ -2166,14 +2166,7 @@ Commands\n--------\n\
         let doc_heading_last = MemoryDoc::parse(heading_last);
         assert_eq!(doc_heading_last.render(), heading_last);
         assert_eq!(doc_heading_last.skeleton(), "## Commands\n## Not\u{e9}");
-        let plan = prune_plan(
-            &doc,
-            MemoryLimits {
-                max_lines: 0,
-                target_lines: 0,
-            },
-            true,
-        );
+        let plan = forced_prune(&doc, 0);
         assert_eq!(
             plan.text.as_deref(),
             Some(
@@ -2187,14 +2180,7 @@ Commands\n--------\n\
         let text = "# Persistent Memory\n## System Updates\n```\n- a\n- b\n```\n~~~md\n- c\n~~~\n    - indented code\n";
         let doc = MemoryDoc::parse(text);
         assert_eq!(doc.entry_count(), 0);
-        let pruned = prune_plan(
-            &doc,
-            MemoryLimits {
-                max_lines: 0,
-                target_lines: 0,
-            },
-            true,
-        );
+        let pruned = forced_prune(&doc, 0);
         assert_eq!(pruned.text.as_deref(), Some(text));
         assert!(pruned.archive.is_empty());
         assert!(pruned.archive.concat().is_empty());
@@ -2225,14 +2211,7 @@ Commands\n--------\n\
         let text = "# Persistent Memory\n- top item\n## Other\n- other 1\n- other 2\n## Commands\n- c1\n# Another Title\n- under h1\n## System Updates\n- s1\n";
         let doc = MemoryDoc::parse(text);
         assert_eq!(doc.entry_count(), 2);
-        let plan = prune_plan(
-            &doc,
-            MemoryLimits {
-                max_lines: 0,
-                target_lines: 0,
-            },
-            true,
-        );
+        let plan = forced_prune(&doc, 0);
         assert_eq!(
             plan.text.as_deref(),
             Some(
@@ -2249,14 +2228,7 @@ Commands\n--------\n\
         assert_eq!(lines, 11);
         let order: Vec<String> = (1..=7)
             .map(|n| {
-                let plan = prune_plan(
-                    &doc,
-                    MemoryLimits {
-                        max_lines: 0,
-                        target_lines: lines - n,
-                    },
-                    true,
-                );
+                let plan = forced_prune(&doc, lines - n);
                 let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
                 let kept: HashSet<String> =
                     after.all_entries().iter().map(|e| e.text.clone()).collect();
@@ -2297,6 +2269,15 @@ Commands\n--------\n\
             plan.report.duplicates, 1,
             "a forced prune still collapses duplicates"
         );
+    }
+
+    /// The plan of a forced prune of `doc` down to `target_lines`.
+    fn forced_prune(doc: &MemoryDoc, target_lines: usize) -> Plan<'_> {
+        let limits = MemoryLimits {
+            max_lines: 0,
+            target_lines,
+        };
+        prune_plan(doc, limits, true)
     }
 
     /// A memory file of `count` entries drawn from a few texts, so that many are copies,
@@ -2356,14 +2337,7 @@ Commands\n--------\n\
         // `c`: the older `b` is a duplicate, both `a`s are pruned for their age.
         let text = "## System Updates\n- a\n- b\n- a\n- b\n- c\n";
         let doc = MemoryDoc::parse(text);
-        let plan = prune_plan(
-            &doc,
-            MemoryLimits {
-                max_lines: 0,
-                target_lines: 3,
-            },
-            true,
-        );
+        let plan = forced_prune(&doc, 3);
         let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
         assert_eq!(after.entries(Section::SystemUpdates), ["b", "c"]);
         assert_eq!(plan.report.archived, 3);
@@ -2380,14 +2354,7 @@ Commands\n--------\n\
 - 2026-11-21T10:10:03.5Z [main-loop/validation] ok\n\
 - not-a-time [main-loop/validation] ok\n";
         let doc = MemoryDoc::parse(text);
-        let plan = prune_plan(
-            &doc,
-            MemoryLimits {
-                max_lines: 0,
-                target_lines: 100,
-            },
-            true,
-        );
+        let plan = forced_prune(&doc, 100);
         assert_eq!(plan.report.duplicates, 2);
         let after = MemoryDoc::parse(plan.text.as_deref().unwrap());
         assert_eq!(
