@@ -351,6 +351,39 @@ impl PartialEq for DedupeKey<'_> {
 
 impl Eq for DedupeKey<'_> {}
 
+/// A set of [`DedupeKey`]s, each hashed once.
+///
+/// foldhash rather than std's SipHash: a prune can hash every entry of a large file; its
+/// seeds are random per process, so crafted entries cannot aim at collisions.
+struct KeySet<'a> {
+    state: foldhash::fast::SeedableRandomState,
+    keys: hashbrown::HashTable<(u64, DedupeKey<'a>)>,
+}
+
+impl Default for KeySet<'_> {
+    fn default() -> Self {
+        KeySet {
+            state: foldhash::fast::SeedableRandomState::random(),
+            keys: hashbrown::HashTable::new(),
+        }
+    }
+}
+
+impl<'a> KeySet<'a> {
+    fn contains(&self, key: &DedupeKey) -> bool {
+        let hash = self.state.hash_one(key);
+        self.keys
+            .find(hash, |(h, k)| *h == hash && k == key)
+            .is_some()
+    }
+
+    /// Adds `key`, which the set must not hold yet.
+    fn insert(&mut self, key: DedupeKey<'a>) {
+        let hash = self.state.hash_one(&key);
+        self.keys.insert_unique(hash, (hash, key), |(h, _)| *h);
+    }
+}
+
 /// Whether `text` is its own [`entry_key`]: printable ASCII words joined by single
 /// spaces, which is cheaper to check than `split_whitespace` is to run.
 ///
@@ -700,14 +733,15 @@ impl MemoryDoc {
     /// Keeping an entry never loses anything; the file may then end above the target.
     fn prune_plan(&self, lines: usize, target_lines: usize) -> (Vec<usize>, usize, MemoryDoc) {
         let removed = self.newest_that_fit(lines, target_lines);
-        if let Ok(after) = self.keeping_layout(&indices(&removed)) {
-            return (indices(&removed), self.copies_of_kept(&removed), after);
+        let removed_indices = indices(&removed);
+        if let Ok(after) = self.keeping_layout(&removed_indices) {
+            return (removed_indices, self.copies_of_kept(&removed), after);
         }
         let checked = self.choose_removals(lines, target_lines, |removed| {
             self.keeping_layout(&indices(removed)).is_ok()
         });
         tracing::warn!(
-            planned = removed.iter().filter(|&&r| r).count(),
+            planned = removed_indices.len(),
             removed = checked.iter().filter(|&&r| r).count(),
             "persistent memory: kept entries whose removal would change how the text \
              around them parses"
@@ -733,16 +767,12 @@ impl MemoryDoc {
         // Lines left for entries once the rest of the file (headings, text) is counted.
         let mut budget = (target_lines + entry_lines).saturating_sub(lines);
         let mut removed = vec![true; self.entries.len()];
-        let state = foldhash::fast::SeedableRandomState::random();
-        let mut seen: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        let mut seen = KeySet::default();
         for section in Section::PRUNE_ORDER.into_iter().rev() {
-            seen.clear();
             let newest_first = self.entries.iter().enumerate().rev();
             for (index, entry) in newest_first.filter(|(_, e)| e.section == section) {
                 let key = DedupeKey::new(section, self.entry_text(entry));
-                let hash = state.hash_one(&key);
-                let same = |(h, k): &(u64, DedupeKey)| *h == hash && *k == key;
-                if seen.find(hash, same).is_some() {
+                if seen.contains(&key) {
                     continue;
                 }
                 if entry.span_lines > budget {
@@ -750,7 +780,7 @@ impl MemoryDoc {
                 }
                 budget -= entry.span_lines;
                 removed[index] = false;
-                seen.insert_unique(hash, (hash, key), |(h, _)| *h);
+                seen.insert(key);
             }
         }
         removed
@@ -810,17 +840,14 @@ impl MemoryDoc {
     /// For each entry, whether a later entry of its section has the same key (see
     /// [`DedupeKey`]): the copies a prune collapses.
     fn older_copies(&self) -> Vec<bool> {
-        let state = foldhash::fast::SeedableRandomState::random();
-        let mut seen: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        let mut seen = KeySet::default();
         let mut older = vec![false; self.entries.len()];
         for (index, entry) in self.entries.iter().enumerate().rev() {
             let key = DedupeKey::new(entry.section, self.entry_text(entry));
-            let hash = state.hash_one(&key);
-            let same = |(h, k): &(u64, DedupeKey)| *h == hash && *k == key;
-            if seen.find(hash, same).is_some() {
+            if seen.contains(&key) {
                 older[index] = true;
             } else {
-                seen.insert_unique(hash, (hash, key), |(h, _)| *h);
+                seen.insert(key);
             }
         }
         older
@@ -830,23 +857,18 @@ impl MemoryDoc {
     /// that stays. Only the sections that keep an entry are looked at: a prune of a large
     /// file keeps a few hundred lines, often in one section.
     fn copies_of_kept(&self, removed: &[bool]) -> usize {
-        let state = foldhash::fast::SeedableRandomState::random();
-        let mut kept: hashbrown::HashTable<(u64, DedupeKey)> = hashbrown::HashTable::new();
+        let mut kept = KeySet::default();
         let mut keeps = [false; 3];
         for (entry, _) in self.entries.iter().zip(removed).filter(|(_, r)| !**r) {
-            let key = DedupeKey::new(entry.section, self.entry_text(entry));
-            let hash = state.hash_one(&key);
             keeps[entry.section.index()] = true;
-            kept.insert_unique(hash, (hash, key), |(h, _)| *h);
+            kept.insert(DedupeKey::new(entry.section, self.entry_text(entry)));
         }
         self.entries
             .iter()
             .zip(removed)
             .filter(|(entry, r)| **r && keeps[entry.section.index()])
             .filter(|(entry, _)| {
-                let key = DedupeKey::new(entry.section, self.entry_text(entry));
-                let hash = state.hash_one(&key);
-                kept.find(hash, |(h, k)| *h == hash && *k == key).is_some()
+                kept.contains(&DedupeKey::new(entry.section, self.entry_text(entry)))
             })
             .count()
     }
