@@ -3,10 +3,10 @@
 //! chrono-tz compiles every time zone's transitions into static tables that hold
 //! pointers (each transition names its abbreviation): 1.2 MB of `.data.rel.ro`, 41,000
 //! relocations. A position-independent executable has the dynamic loader rewrite all of
-//! them at every start, before `main`: 2 to 3 ms and 300 page faults of the 3.5 ms that
-//! `loop-orchestrator --version` took, on every `run-cycle`, `status` and `next` (figure
-//! 5 in BENCHMARKS.md). Linked at a fixed address, the tables are final in the file and
-//! the kernel maps them as they are read.
+//! them at every start, before `main`, touching some 300 pages: `loop-orchestrator
+//! --version` took 3.6 ms and a five-mode `run-cycle` 14.1 ms; linked at a fixed address,
+//! 2.1 ms and 12.1 ms (figure 5 in BENCHMARKS.md). The tables are then final in the file
+//! and the kernel maps them as they are read.
 //!
 //! What this gives up is address randomization of the executable's own image; shared
 //! libraries, heap and stack stay randomized. The binary reads only files its user
