@@ -754,14 +754,14 @@ impl MemoryDoc {
     /// oldest by section until the file, `lines` long now, has at most `target_lines`.
     ///
     /// That is what [`MemoryDoc::choose_removals`] does when every removal is allowed,
-    /// computed from the other end: the entries kept are the longest run, counted back
-    /// from the newest entry of the section pruned last, of entries that are not older
-    /// copies and that fits the lines left for entries. Walking newest first, an entry is
-    /// an older copy exactly when its key was met before in its section, and the walk
-    /// stops at the first entry that does not fit: a large file is mostly removed, and its
-    /// removed entries are neither hashed nor compared.
-    /// `the_newest_that_fit_are_what_removal_in_order_keeps` holds the two to the same
-    /// result.
+    /// computed from the other end. Removal in order stops as soon as the file fits, so
+    /// what it keeps is the longest run of entries that are not older copies, counted back
+    /// from the newest entry of the section pruned last, whose lines fit in what the rest
+    /// of the file leaves. Walking newest first, an entry is an older copy exactly when its
+    /// key was met before in its section, and the walk stops at the first entry that does
+    /// not fit: a large file is mostly removed, and its removed entries are neither hashed
+    /// nor compared. `the_newest_that_fit_are_what_removal_in_order_keeps` holds the two
+    /// to the same result.
     fn newest_that_fit(&self, lines: usize, target_lines: usize) -> Vec<bool> {
         let entry_lines: usize = self.entries.iter().map(|e| e.span_lines).sum();
         // Lines left for entries once the rest of the file (headings, text) is counted.
