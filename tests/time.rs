@@ -13,8 +13,12 @@
 //! service notices the new time at its next wake, not at once; the step tests wait for that.
 //!
 //! Two ways of driving the clock:
-//! - `FAKETIME="@2026-10-24 23:57:00 x600"`: start there, run 600 times faster. The service
-//!   runs with `TZ=UTC` because libfaketime reads the date with `mktime`.
+//! - `FAKETIME="@2026-10-24 23:57:00 x300"`: start there, run 300 times faster. The service
+//!   runs with `TZ=UTC` because libfaketime reads the date with `mktime`. Not faster: the
+//!   service takes an instant due for over 60 s as missed (the machine slept) and fires
+//!   once for the latest, and at x600 a 100 ms stall of a loaded test machine was enough
+//!   (an `every-min` instant of the fall-back test went missing once under a full suite
+//!   run). At x300 that takes a 200 ms stall.
 //! - `FAKETIME_TIMESTAMP_FILE`, rewritten whole (by rename) while the service runs, holding
 //!   `@DATE xN`: when the process takes in a new setting, its clock restarts at DATE exactly
 //!   (fractions of a second allowed) and runs N times faster. So a step lands on a literal
@@ -313,14 +317,14 @@ const DST_SCHEDULES: [(&str, &str); 6] = [
 ];
 
 /// Lives through 2026-10-25 00:00Z–02:05Z (02:00 CEST, the repeated hour 02:00–03:00 twice,
-/// 03:00 CET) in about 13 s.
+/// 03:00 CET) in about 26 s.
 #[test]
 fn fall_back_in_berlin_fixed_times_fire_in_the_first_pass_elapsed_times_in_both() {
     let inst = instance(BERLIN, &DST_SCHEDULES);
     let serve = Serve::start(
         &inst,
         &[
-            ("FAKETIME", "@2026-10-24 23:57:00 x600"),
+            ("FAKETIME", "@2026-10-24 23:57:00 x300"),
             ("FAKETIME_DONT_RESET", "1"),
         ],
     );
@@ -373,14 +377,14 @@ fn fall_back_in_berlin_fixed_times_fire_in_the_first_pass_elapsed_times_in_both(
 }
 
 /// Lives through 2026-03-29 00:40Z–01:20Z (01:40 CET, the gap 02:00–03:00, 03:20 CEST) in
-/// about 4 s.
+/// about 8 s.
 #[test]
 fn spring_forward_in_berlin_the_skipped_hour_fires_once_at_the_transition() {
     let inst = instance(BERLIN, &DST_SCHEDULES);
     let serve = Serve::start(
         &inst,
         &[
-            ("FAKETIME", "@2026-03-29 00:40:00 x600"),
+            ("FAKETIME", "@2026-03-29 00:40:00 x300"),
             ("FAKETIME_DONT_RESET", "1"),
         ],
     );
