@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use loop_orchestrator::memory::{MemoryDoc, MemoryLimits, MemoryStore};
+use loop_orchestrator::memory::{MemoryDoc, MemoryLimits, MemoryStore, PruneReport};
 use pulldown_cmark::{Options, Parser};
 
 use crate::Size;
@@ -85,10 +85,35 @@ pub fn memory_text(lines: usize) -> String {
     out
 }
 
-/// Flushes `path` and its directory.
-fn flush(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
-    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+/// Leaves `text` in the memory file and `archive` in the archive (`None`: no archive, as
+/// before an instance's first prune), flushed with their directory: a prune finds files
+/// written long before, not megabytes of the harness's own writes still on their way to
+/// the disk.
+fn prepare(store: &MemoryStore, text: &str, archive: Option<&str>) -> Result<(), String> {
+    let sync = |path: &Path| std::fs::File::open(path)?.sync_all();
+    let written = (|| {
+        std::fs::write(store.memory_path(), text)?;
+        sync(store.memory_path())?;
+        match archive {
+            Some(archive) => {
+                std::fs::write(store.archive_path(), archive)?;
+                sync(store.archive_path())?;
+            }
+            None => match std::fs::remove_file(store.archive_path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
+        }
+        sync(store.memory_path().parent().unwrap_or(Path::new(".")))
+    })();
+    written.map_err(|e| format!("cannot prepare the memory file: {e}"))
+}
+
+/// A forced prune to `limits`, timed: milliseconds and the report.
+fn timed_prune(store: &MemoryStore, limits: MemoryLimits) -> Result<(f64, PruneReport), String> {
+    let t = Instant::now();
+    let report = store.prune(limits, true).map_err(|e| e.to_string())?;
+    Ok((t.elapsed().as_secs_f64() * 1e3, report))
 }
 
 fn baseline_parse(path: &Path) -> Result<usize, String> {
@@ -177,28 +202,12 @@ pub fn figure(size: Size) -> Figure {
         let mut failed = None;
         for _ in 0..case.runs {
             // The first prune of an instance creates the archive (one more flush, of
-            // the directory); every later one appends to it. The files are flushed
-            // before the clock starts: a prune finds a file written long before, not
-            // megabytes of the harness's own writes still on their way to the disk.
-            let prepared = std::fs::write(store.memory_path(), &text)
-                .and_then(|()| match std::fs::remove_file(store.archive_path()) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                })
-                .and_then(|()| flush(store.memory_path()))
-                .map_err(|e| format!("cannot prepare the memory file: {e}"))
-                .and_then(|()| {
-                    let t = Instant::now();
-                    let report = store.prune(limits, true).map_err(|e| e.to_string());
-                    first_ms.push(t.elapsed().as_secs_f64() * 1e3);
-                    report
-                })
-                .and_then(|_| {
-                    std::fs::write(store.memory_path(), &text)
-                        .and_then(|()| std::fs::write(store.archive_path(), EARLIER_ARCHIVE))
-                        .and_then(|()| flush(store.memory_path()))
-                        .and_then(|()| flush(store.archive_path()))
-                        .map_err(|e| format!("cannot prepare the memory file: {e}"))
+            // the directory); every later one appends to it.
+            let prepared = prepare(&store, &text, None)
+                .and_then(|()| timed_prune(&store, limits))
+                .and_then(|(ms, _)| {
+                    first_ms.push(ms);
+                    prepare(&store, &text, Some(EARLIER_ARCHIVE))
                 });
             if let Err(e) = prepared {
                 failed = Some(e);
@@ -219,12 +228,9 @@ pub fn figure(size: Size) -> Figure {
             let dry = MemoryDoc::parse(&text).prune_dry_run(limits, true);
             compute_ms.push(t.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(dry);
-            let t = Instant::now();
-            let report = store.prune(limits, true);
-            prune_ms.push(t.elapsed().as_secs_f64() * 1e3);
-            match report {
-                Ok(r) if r.lines_after <= limits.target_lines => {}
-                Ok(r) => {
+            match timed_prune(&store, limits) {
+                Ok((ms, r)) if r.lines_after <= limits.target_lines => prune_ms.push(ms),
+                Ok((_, r)) => {
                     failed = Some(format!(
                         "pruned to {} lines, target {}",
                         r.lines_after, limits.target_lines
@@ -232,7 +238,7 @@ pub fn figure(size: Size) -> Figure {
                     break;
                 }
                 Err(e) => {
-                    failed = Some(e.to_string());
+                    failed = Some(e);
                     break;
                 }
             }
