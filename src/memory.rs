@@ -2541,6 +2541,58 @@ Commands\n--------\n\
         }
     }
 
+    /// Fails unless the archive next to `memory` already holds the entries being pruned
+    /// and the temp file is written: both come before the rename.
+    fn archive_and_temp_are_written(memory: &Path, _attempt: usize) {
+        let dir = memory.parent().unwrap();
+        let archive =
+            fs::read_to_string(dir.join("persistent-memory.archive.md")).unwrap_or_default();
+        let archived = keys(&archived_entries(&archive));
+        assert!(
+            archived.contains(&"old 0".to_string()),
+            "archive: {archive:?}"
+        );
+        let temps = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".persistent-memory.md.tmp")
+            })
+            .count();
+        assert_eq!(temps, 1, "the new file waits in its temp file");
+    }
+
+    #[test]
+    fn a_prune_archives_and_writes_the_new_file_before_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = store(dir.path());
+        let mut text = initial_text();
+        for n in 0..20 {
+            text.push_str(&format!("- old {n}\n"));
+        }
+        fs::write(store.memory_path(), text).unwrap();
+        store.before_replace = Some(archive_and_temp_are_written);
+        let report = store
+            .prune(
+                MemoryLimits {
+                    max_lines: 0,
+                    target_lines: 12,
+                },
+                true,
+            )
+            .unwrap();
+        assert!(report.archived > 0);
+        assert!(
+            !store
+                .read()
+                .unwrap()
+                .entries(Section::SystemUpdates)
+                .contains(&"old 0".to_string())
+        );
+    }
+
     fn append_entry_always(memory: &Path, attempt: usize) {
         let mut text = fs::read_to_string(memory).unwrap();
         text.push_str(&format!("- racing writer {attempt}\n"));
