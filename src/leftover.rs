@@ -11,7 +11,7 @@
 //! `/proc/<pid>/stat`): the owner is alive only if a process with its pid started at the
 //! recorded time; a living group leader with another start time is someone else's.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -19,8 +19,9 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::lock::STATE_DIR;
-use crate::timing::{Priority, Row, Status, TimingFile, sanitize_note};
+use crate::instance::Instance;
+use crate::recorder::Recorder;
+use crate::timing::{Priority, Row, Status, sanitize_note};
 
 /// What a group was doing, for the report and the rows written when it is reaped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,10 +63,6 @@ impl std::fmt::Display for Reaped {
     }
 }
 
-pub fn pids_dir(dir: &Path) -> PathBuf {
-    dir.join(STATE_DIR).join("pids")
-}
-
 /// Start time of a process in clock ticks since boot, `None` when it does not exist.
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -80,8 +77,9 @@ fn own_start_time() -> Option<u64> {
     *START.get_or_init(|| start_time(std::process::id() as i32))
 }
 
-/// Writes the record of a group just spawned by this process; returns its path.
-pub fn record(dir: &Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
+/// Writes the record of a group just spawned by this process into `pids_dir` (the instance's
+/// [`Instance::pids_dir`]); returns its path.
+pub fn record(pids_dir: &std::path::Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
     let record = PidRecord {
         pgid,
         leader_start: start_time(pgid),
@@ -90,12 +88,8 @@ pub fn record(dir: &Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
         started_at: Utc::now(),
         label,
     };
-    let folder = pids_dir(dir);
-    std::fs::create_dir_all(&folder)?;
-    let path = folder.join(format!("{pgid}.json"));
-    let tmp = folder.join(format!(".{pgid}.json.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&record).unwrap_or_default())?;
-    std::fs::rename(&tmp, &path)?;
+    let path = pids_dir.join(format!("{pgid}.json"));
+    crate::fsutil::write_json(&path, &record)?;
     Ok(path)
 }
 
@@ -131,27 +125,47 @@ fn group_alive(pgid: i32) -> bool {
         })
 }
 
-fn supervisors_dir(dir: &Path) -> PathBuf {
-    dir.join(STATE_DIR).join("supervisors")
-}
-
-/// This process's registration as a supervisor of `dir`, removed when dropped (a clean exit).
+/// This process's registration as a supervisor of an instance, removed when the last
+/// registration of that instance in this process drops (a clean exit). A process that runs
+/// several cycles at once (the MCP server) registers once per cycle; the file stays while
+/// any of them runs.
 pub struct Registration(Option<PathBuf>);
+
+/// Registrations alive in this process, by file.
+fn registrations() -> &'static std::sync::Mutex<std::collections::HashMap<PathBuf, usize>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, usize>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
 
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+            let mut live = registrations().lock().unwrap_or_else(|p| p.into_inner());
+            let count = live.entry(path.clone()).or_insert(1);
+            *count -= 1;
+            if *count == 0 {
+                live.remove(&path);
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
 
-/// Registers this process as a supervisor of `dir` for as long as the returned value lives.
-pub fn register(dir: &Path) -> Registration {
-    let folder = supervisors_dir(dir);
+/// Registers this process as a supervisor of `inst` for as long as the returned value lives.
+pub fn register(inst: &Instance) -> Registration {
+    let folder = inst.supervisors_dir();
     let path = folder.join(supervisor_tag());
+    let mut live = registrations().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(count) = live.get_mut(&path) {
+        *count += 1;
+        return Registration(Some(path));
+    }
     match std::fs::create_dir_all(&folder).and_then(|()| std::fs::write(&path, b"")) {
-        Ok(()) => Registration(Some(path)),
+        Ok(()) => {
+            live.insert(path.clone(), 1);
+            Registration(Some(path))
+        }
         Err(err) => {
             tracing::warn!(error = %err, "cannot register this supervisor; a crash would leave unrecorded children unreaped");
             Registration(None)
@@ -169,8 +183,8 @@ pub fn supervisor_tag() -> String {
 /// pid records cannot show — a child killed between its spawn and its record, or a descendant
 /// that left its process group. Only processes of this user can be read, which are the only
 /// ones a supervisor of this user could have started.
-fn strays(dir: &Path) -> Vec<(i32, String)> {
-    let Ok(dir) = std::fs::canonicalize(dir) else {
+fn strays(inst: &Instance) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::canonicalize(inst.root()) else {
         return Vec::new();
     };
     let want_dir = format!("LOOP_DIR={}", dir.display());
@@ -224,10 +238,10 @@ fn proc_running(pid: i32) -> bool {
 }
 
 /// Terminates the groups of dead owners and removes their records. Rows of the interrupted
-/// modes and cycles go to `task_timing.tsv`.
-pub fn reap(dir: &Path) -> Vec<Reaped> {
+/// modes and cycles are written through `recorder`.
+pub fn reap(inst: &Instance, recorder: &Recorder) -> Vec<Reaped> {
     let mut reaped = Vec::new();
-    let records: Vec<PathBuf> = std::fs::read_dir(pids_dir(dir))
+    let records: Vec<PathBuf> = std::fs::read_dir(inst.pids_dir())
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
@@ -279,13 +293,13 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
             was_alive,
             "leftover process group of a supervisor that died; terminated"
         );
-        write_rows(dir, &record, was_alive);
+        write_rows(recorder, &record, was_alive);
         let _ = std::fs::remove_file(&path);
         reaped.push(Reaped { record, was_alive });
     }
     // Whatever is still running for a dead supervisor, recorded or not. Only a supervisor
     // that died leaves its registration behind, so a clean history costs no scan of /proc.
-    let dead: Vec<PathBuf> = std::fs::read_dir(supervisors_dir(dir))
+    let dead: Vec<PathBuf> = std::fs::read_dir(inst.supervisors_dir())
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
@@ -303,7 +317,7 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
     let strays = if dead.is_empty() {
         Vec::new()
     } else {
-        strays(dir)
+        strays(inst)
     };
     for path in dead {
         let _ = std::fs::remove_file(path);
@@ -330,8 +344,8 @@ pub fn reap(dir: &Path) -> Vec<Reaped> {
 
 /// SIGKILLs every group this process recorded: a forced stop. The runners then see their
 /// children die and still write their rows.
-pub fn kill_own(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(pids_dir(dir)) else {
+pub fn kill_own(inst: &Instance) -> usize {
+    let Ok(entries) = std::fs::read_dir(inst.pids_dir()) else {
         return 0;
     };
     let me = std::process::id();
@@ -350,7 +364,7 @@ pub fn kill_own(dir: &Path) -> usize {
     killed
 }
 
-fn write_rows(dir: &Path, record: &PidRecord, was_alive: bool) {
+fn write_rows(recorder: &Recorder, record: &PidRecord, was_alive: bool) {
     let now = Utc::now();
     let note = sanitize_note(&format!(
         "left over by supervisor pid {} that died; {} at restart",
@@ -381,14 +395,14 @@ fn write_rows(dir: &Path, record: &PidRecord, was_alive: bool) {
         cost_usd: None,
         note: note.clone(),
     };
-    let rows = [
+    let rows = vec![
         row(&record.label.mode, record.started_at),
         Row {
             attempt: 1,
             ..row("cycle", record.started_at)
         },
     ];
-    if let Err(err) = TimingFile::new(dir.join(crate::cycle::TIMING_FILE)).append_all(&rows) {
+    if let Err(err) = recorder.rows_blocking(rows) {
         tracing::error!(error = %err, "rows of a leftover group not written");
     }
 }
@@ -415,9 +429,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pgid = child.id() as i32;
-        record(dir.path(), pgid, Label::default()).unwrap();
+        let inst = Instance::new(dir.path());
+        let recorder = Recorder::inline_for_instance(&inst);
+        record(&inst.pids_dir(), pgid, Label::default()).unwrap();
         assert!(
-            reap(dir.path()).is_empty(),
+            reap(&inst, &recorder).is_empty(),
             "this test process, the owner, is alive"
         );
         assert!(group_alive(pgid));
@@ -434,8 +450,10 @@ mod tests {
             .spawn()
             .unwrap();
         let pgid = child.id() as i32;
+        let inst = Instance::new(dir.path());
+        let recorder = Recorder::inline_for_instance(&inst);
         let path = record(
-            dir.path(),
+            &inst.pids_dir(),
             pgid,
             Label {
                 schedule: "s".into(),
@@ -450,13 +468,13 @@ mod tests {
         let mut rec: PidRecord = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         rec.owner_start = Some(0);
         std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
-        let reaped = reap(dir.path());
+        let reaped = reap(&inst, &recorder);
         assert_eq!(reaped.len(), 1);
         assert!(reaped[0].was_alive);
         let _ = child.wait();
         assert!(!group_alive(pgid));
         assert!(!path.exists(), "the record is removed");
-        let log = TimingFile::new(dir.path().join("task_timing.tsv"))
+        let log = crate::timing::TimingFile::new(inst.timing())
             .read()
             .unwrap();
         let statuses: Vec<(String, Status)> = log

@@ -1,29 +1,33 @@
 //! loop-orchestrator: a cron supervisor for autonomous work loops.
 //!
-//! Data flows one way: files → validated [`config::Config`] → the [`supervisor`] (or
-//! `run-cycle`) → [`cycle`] → [`runner`] → outcome → [`timing`] row + [`memory`] entry.
-//! The stores (`timing`, `memory`, `todo`) and the runner know nothing of cycles or the service.
+//! Data flows one way: files → validated [`config::Config`] → the [`service`] (or
+//! `run-cycle`) → [`cycle`] → [`runner`] → outcome → [`recorder`] → [`timing`] row +
+//! [`memory`] entry. [`app`] holds the commands as functions that return data; [`cli`] only
+//! parses and renders them. The stores (`timing`, `memory`, `todo`, `state`, `runs`) and the
+//! runner know nothing of cycles or the service; [`instance`] knows every path. README's
+//! "Code map" lists every module in the order data flows.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod cycle;
 pub mod duration;
+pub mod exit;
+pub mod fsutil;
 pub mod heap;
-pub mod init;
+pub mod instance;
 pub mod leftover;
 pub mod lock;
 pub mod memory;
 pub mod mode;
-pub mod notify;
+pub mod program;
 pub mod prompt;
 pub mod recorder;
 pub mod runner;
+pub mod runs;
 pub mod schedule;
+pub mod service;
 pub mod state;
-pub mod status;
-pub mod supervisor;
-pub mod timer;
 pub mod timing;
 pub mod todo;
-pub mod watch;

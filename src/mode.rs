@@ -19,7 +19,7 @@ use crate::duration::HumanDuration;
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// How the composed prompt reaches the child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PromptKind {
     Stdin,
@@ -27,7 +27,7 @@ pub enum PromptKind {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Skip the later modes (except `always` ones).

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use crate::todo::TodoItem;
 
 /// A HANDOFF note and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Handoff {
     pub mode: String,
     pub cycle: String,

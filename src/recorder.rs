@@ -13,14 +13,32 @@
 //! `run-cycle` runs one cycle at a time and has nothing to group: its recorder is *inline*,
 //! committing on the caller's thread with the same order (queued memory entries before the
 //! rows that follow them).
+//!
+//! The recorder is the only writer of rows: cycles, the service's skipped and escalated
+//! rows, the reaper's `interrupted` rows and `init`'s header all go through it. After the
+//! rows of a batch are durable in task_timing.tsv, the same rows are handed to every
+//! [`RowSink`] (metrics, a cluster table), so those cannot disagree with the file: a row
+//! that did not reach the file reaches no sink.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
+use crate::instance::Instance;
 use crate::memory::{MemoryLimits, MemoryStore, Section};
-use crate::timing::{Row, TimingFile};
+use crate::timing::{Row, TimingError, TimingFile};
+
+/// Receives the rows the recorder has made durable in task_timing.tsv, in the order written.
+/// Called on the writer's thread after each batch: it must not block for long (hand the rows
+/// on to a channel of its own when it does I/O).
+pub trait RowSink: Send + 'static {
+    fn rows_written(&mut self, rows: &[Row]);
+}
+
+/// The one constructor of an instance's memory store: one memory file, one archive, one lock.
+pub fn memory_store(inst: &Instance) -> MemoryStore {
+    MemoryStore::new(inst.memory(), inst.archive(), inst.memory_lock())
+}
 
 /// Most requests committed together; more wait for the next batch.
 const MAX_BATCH: usize = 4_096;
@@ -29,6 +47,8 @@ enum Job {
     Rows(Vec<Row>, oneshot::Sender<Result<(), String>>),
     /// Answered once every job sent before it is committed.
     Flush(oneshot::Sender<Result<(), String>>),
+    /// Writes the header of an empty file.
+    Header(oneshot::Sender<Result<(), String>>),
     Memory(
         Vec<(Section, String)>,
         MemoryLimits,
@@ -69,9 +89,13 @@ impl Drop for Inline {
 }
 
 impl Recorder {
-    pub fn start(timing: TimingFile, memory: MemoryStore) -> Recorder {
+    pub fn start(
+        timing: TimingFile,
+        memory: MemoryStore,
+        sinks: Vec<Box<dyn RowSink>>,
+    ) -> Recorder {
         let (tx, rx) = mpsc::channel();
-        let mut writer = Writer::new(timing, memory);
+        let mut writer = Writer::new(timing, memory, sinks);
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || writer.run(rx))
@@ -85,26 +109,52 @@ impl Recorder {
     pub fn inline(timing: TimingFile, memory: MemoryStore) -> Recorder {
         Recorder {
             inner: Inner::Inline(Arc::new(Mutex::new(Inline {
-                writer: Writer::new(timing, memory),
+                writer: Writer::new(timing, memory, Vec::new()),
                 queued: Vec::new(),
             }))),
         }
     }
 
-    /// The recorder of an instance directory.
-    pub fn for_instance(dir: &Path) -> Recorder {
-        Recorder::start(
-            TimingFile::new(dir.join(crate::cycle::TIMING_FILE)),
-            crate::cycle::memory_store(dir),
-        )
+    /// The recorder of an instance directory, on a thread of its own, with its sinks.
+    pub fn for_instance(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Recorder {
+        Recorder::start(TimingFile::new(inst.timing()), memory_store(inst), sinks)
     }
 
     /// The inline recorder of an instance directory.
-    pub fn inline_for_instance(dir: &Path) -> Recorder {
-        Recorder::inline(
-            TimingFile::new(dir.join(crate::cycle::TIMING_FILE)),
-            crate::cycle::memory_store(dir),
-        )
+    pub fn inline_for_instance(inst: &Instance) -> Recorder {
+        Recorder::inline(TimingFile::new(inst.timing()), memory_store(inst))
+    }
+
+    /// Appends rows without an async context (the reaper); returns once they are on disk. On
+    /// a recorder with a writer thread, must not be called from inside an async task.
+    pub fn rows_blocking(&self, rows: Vec<Row>) -> Result<(), RecordError> {
+        let (ack, done) = oneshot::channel();
+        self.commit_blocking(Job::Rows(rows, ack), done)
+    }
+
+    /// Writes task_timing.tsv's header when the file is empty or missing (`init`).
+    pub fn ensure_header(&self) -> Result<(), RecordError> {
+        let (ack, done) = oneshot::channel();
+        self.commit_blocking(Job::Header(ack), done)
+    }
+
+    /// Sends `job` and waits for its answer on this thread. An inline writer has answered by
+    /// the time `send` returns (so this also works inside an async task); a writer thread is
+    /// waited for, which only code outside a runtime may do.
+    fn commit_blocking(
+        &self,
+        job: Job,
+        mut done: oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), RecordError> {
+        let stopped = || RecordError("the recorder stopped".into());
+        if !self.send(job, true) {
+            return Err(stopped());
+        }
+        let answer = match &self.inner {
+            Inner::Inline(_) => done.try_recv().map_err(|_| stopped())?,
+            Inner::Thread(_) => done.blocking_recv().map_err(|_| stopped())?,
+        };
+        answer.map_err(RecordError)
     }
 
     /// Hands `job` to the writer; `wait` says the caller will wait for its answer, so an
@@ -188,15 +238,17 @@ struct Writer {
     /// while delays them instead of losing them.
     pending: Vec<(Section, String)>,
     pending_limits: Option<MemoryLimits>,
+    sinks: Vec<Box<dyn RowSink>>,
 }
 
 impl Writer {
-    fn new(timing: TimingFile, memory: MemoryStore) -> Writer {
+    fn new(timing: TimingFile, memory: MemoryStore, sinks: Vec<Box<dyn RowSink>>) -> Writer {
         Writer {
             timing,
             memory,
             pending: Vec::new(),
             pending_limits: None,
+            sinks,
         }
     }
 
@@ -225,6 +277,7 @@ impl Writer {
         let mut memory_acks = Vec::new();
         let mut limits = None;
         let mut flushes = Vec::new();
+        let mut headers = Vec::new();
         for job in jobs {
             match job {
                 Job::Rows(batch, ack) => {
@@ -237,6 +290,7 @@ impl Writer {
                     memory_acks.push(ack);
                 }
                 Job::Flush(ack) => flushes.push(ack),
+                Job::Header(ack) => headers.push(ack),
             }
         }
         if let Some(limits) = limits.or(self.pending_limits) {
@@ -265,10 +319,24 @@ impl Writer {
                 let _ = ack.send(result.clone());
             }
         }
+        if !headers.is_empty() {
+            let result = self
+                .timing
+                .ensure_header()
+                .map_err(|err: TimingError| err.to_string());
+            for ack in headers {
+                let _ = ack.send(result.clone());
+            }
+        }
         if !row_acks.is_empty() {
             let result = self.timing.append_all(&rows).map_err(|err| err.to_string());
-            if let Err(err) = &result {
-                tracing::error!(error = %err, rows = rows.len(), "rows not written");
+            match &result {
+                Ok(()) => {
+                    for sink in &mut self.sinks {
+                        sink.rows_written(&rows);
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, rows = rows.len(), "rows not written"),
             }
             for ack in row_acks {
                 let _ = ack.send(result.clone());

@@ -172,6 +172,13 @@ impl Schedule {
     }
 }
 
+/// Two schedules are equal when their id and their effect (the fingerprint) are.
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.fingerprint == other.fingerprint
+    }
+}
+
 /// Ids and mode slugs: lowercase letters, digits, `-` and `_`, starting with a letter or digit.
 pub fn is_slug(text: &str) -> bool {
     let mut chars = text.chars();

@@ -1,16 +1,20 @@
-//! What the service tells other processes through `.loop-orchestrator/`: `service.json` (its
-//! pid and the result of its last reload) and `escalated/<id>.json` (a paused schedule).
+//! What cycles and the service leave for other processes in `.loop-orchestrator/`:
+//! `service.json` (the running service's pid and last reload), `escalated/<id>.json` (a paused
+//! schedule) and `handoff/<id>.json` (the last HANDOFF of a schedule's previous cycle).
 //!
-//! Both are written whole to a temp file and renamed, so a reader never sees half a file.
+//! Every file is written with [`crate::fsutil::write_atomic`], so a reader never sees half a
+//! file, two writers at once never tear one (two `parallel` cycles saving their handoff), and a
+//! crash leaves the old or the new version. A file that exists but does not parse is an error
+//! the caller reports, never silently "nothing": a lost handoff loses the next cycle's plan.
 //! An escalation marker records the schedule's fingerprint: when the entry in schedules.json
 //! changes, the marker no longer applies (SPEC §7: paused "until the file changes").
-
-use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::lock::STATE_DIR;
+use crate::fsutil::{self, ReadError};
+use crate::instance::Instance;
+use crate::prompt::Handoff;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceState {
@@ -35,52 +39,53 @@ pub struct Escalation {
     pub fingerprint: String,
 }
 
-fn service_path(dir: &Path) -> PathBuf {
-    dir.join(STATE_DIR).join("service.json")
+pub fn write_service(inst: &Instance, state: &ServiceState) -> std::io::Result<()> {
+    fsutil::write_json(&inst.service_state(), state)
 }
 
-fn escalation_path(dir: &Path, schedule: &str) -> PathBuf {
-    dir.join(STATE_DIR)
-        .join("escalated")
-        .join(format!("{schedule}.json"))
+/// The running service's state; `None` when there is none or it cannot be read (it is only
+/// shown by `status`, next to the service lock that says whether a service runs).
+pub fn read_service(inst: &Instance) -> Option<ServiceState> {
+    fsutil::read_json(&inst.service_state()).ok().flatten()
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).unwrap_or_default())?;
-    std::fs::rename(&tmp, path)
+pub fn mark_escalated(
+    inst: &Instance,
+    schedule: &str,
+    escalation: &Escalation,
+) -> std::io::Result<()> {
+    fsutil::write_json(&inst.escalation(schedule), escalation)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-pub fn write_service(dir: &Path, state: &ServiceState) -> std::io::Result<()> {
-    write_json(&service_path(dir), state)
-}
-
-pub fn read_service(dir: &Path) -> Option<ServiceState> {
-    read_json(&service_path(dir))
-}
-
-pub fn mark_escalated(dir: &Path, schedule: &str, escalation: &Escalation) -> std::io::Result<()> {
-    write_json(&escalation_path(dir, schedule), escalation)
-}
-
-pub fn escalation(dir: &Path, schedule: &str) -> Option<Escalation> {
-    read_json(&escalation_path(dir, schedule))
+/// A schedule's escalation marker. An unreadable marker counts as one (with the fingerprint
+/// unknown, so any entry lifts it): a schedule that escalated stays paused rather than firing
+/// again because its marker was damaged; the damage is logged.
+pub fn escalation(inst: &Instance, schedule: &str) -> Option<Escalation> {
+    match fsutil::read_json(&inst.escalation(schedule)) {
+        Ok(marker) => marker,
+        Err(err) => {
+            tracing::warn!(schedule, error = %err, "escalation marker unreadable; the schedule stays paused until `resume` or an edit of its entry");
+            Some(Escalation {
+                at: Utc::now(),
+                failures: 0,
+                fingerprint: String::new(),
+            })
+        }
+    }
 }
 
 /// Removes a schedule's escalation marker; true when there was one.
-pub fn clear_escalation(dir: &Path, schedule: &str) -> bool {
-    std::fs::remove_file(escalation_path(dir, schedule)).is_ok()
+pub fn clear_escalation(inst: &Instance, schedule: &str) -> bool {
+    std::fs::remove_file(inst.escalation(schedule)).is_ok()
+}
+
+/// The last HANDOFF of the schedule's previous cycle: `Ok(None)` when it has none yet.
+pub fn load_handoff(inst: &Instance, schedule: &str) -> Result<Option<Handoff>, ReadError> {
+    fsutil::read_json(&inst.handoff(schedule))
+}
+
+pub fn save_handoff(inst: &Instance, schedule: &str, handoff: &Handoff) -> std::io::Result<()> {
+    fsutil::write_json(&inst.handoff(schedule), handoff)
 }
 
 #[cfg(test)]
@@ -90,16 +95,71 @@ mod tests {
     #[test]
     fn escalation_round_trips_and_clears() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(escalation(dir.path(), "a").is_none());
+        let inst = Instance::new(dir.path());
+        assert!(escalation(&inst, "a").is_none());
         let e = Escalation {
             at: Utc::now(),
             failures: 3,
             fingerprint: "fp".into(),
         };
-        mark_escalated(dir.path(), "a", &e).unwrap();
-        assert_eq!(escalation(dir.path(), "a").unwrap().fingerprint, "fp");
-        assert!(clear_escalation(dir.path(), "a"));
-        assert!(!clear_escalation(dir.path(), "a"));
-        assert!(escalation(dir.path(), "a").is_none());
+        mark_escalated(&inst, "a", &e).unwrap();
+        assert_eq!(escalation(&inst, "a").unwrap().fingerprint, "fp");
+        assert!(clear_escalation(&inst, "a"));
+        assert!(!clear_escalation(&inst, "a"));
+        assert!(escalation(&inst, "a").is_none());
+    }
+
+    /// Two `parallel` cycles of one schedule end at once: each saves its handoff. With one
+    /// shared temp name, one writer's rename could move the other's half-written file into
+    /// place, and the next cycle read no handoff at all.
+    #[test]
+    fn handoffs_saved_at_once_by_parallel_cycles_are_never_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let inst = inst.clone();
+                std::thread::spawn(move || {
+                    for n in 0..200 {
+                        let handoff = Handoff {
+                            mode: "planning".into(),
+                            cycle: format!("c{w}-{n}"),
+                            // Long enough that a write takes more than one system call's moment.
+                            text: format!("next: item {n} ").repeat(400 + 50 * w),
+                        };
+                        save_handoff(&inst, "s", &handoff).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut reads = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            match load_handoff(&inst, "s") {
+                Ok(_) => reads += 1,
+                Err(err) => panic!("a reader found a torn handoff after {reads} reads: {err}"),
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        let last = load_handoff(&inst, "s")
+            .unwrap()
+            .expect("a handoff is there");
+        assert!(
+            last.text.starts_with("next: item 199"),
+            "{}",
+            &last.text[..20]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_handoff_is_an_error_not_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        assert!(load_handoff(&inst, "s").unwrap().is_none());
+        std::fs::create_dir_all(inst.handoff("s").parent().unwrap()).unwrap();
+        std::fs::write(inst.handoff("s"), b"{\"mode\": \"planning\", \"cyc").unwrap();
+        let err = load_handoff(&inst, "s").unwrap_err();
+        assert!(err.to_string().contains("s.json"), "{err}");
     }
 }

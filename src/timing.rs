@@ -153,12 +153,16 @@ impl Status {
         }
     }
 
-    /// Whether a cycle row with this status extends a schedule's failure streak
-    /// (`max_failures` counts consecutive `failed`, `timeout` or `blocked` cycles).
+    /// Whether a run with this status failed: `failed`, `timeout` or `blocked`. What extends
+    /// a schedule's failure streak is a row's [`Row::counts_as_failure`], which also reads the
+    /// note.
     pub fn counts_as_failure(self) -> bool {
         matches!(self, Status::Failed | Status::Timeout | Status::Blocked)
     }
 }
+
+/// How the note of a run stopped by an agent's rate limit starts (SPEC §8).
+pub const RATE_LIMITED: &str = "rate limited";
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -200,6 +204,30 @@ pub struct Row {
     pub exit_code: Option<i32>,
     pub cost_usd: Option<f64>,
     pub note: String,
+}
+
+impl Row {
+    /// The one rule of `max_failures` (SPEC §4, §8): a `failed`, `timeout` or `blocked` row
+    /// counts toward a failure streak, unless it was a rate limit (its note starts with
+    /// [`RATE_LIMITED`]), which says nothing about the work.
+    pub fn counts_as_failure(&self) -> bool {
+        self.status.counts_as_failure() && !self.note.starts_with(RATE_LIMITED)
+    }
+}
+
+/// Consecutive cycle rows that count as failures ([`Row::counts_as_failure`]) at the end of a
+/// schedule's history. `ok` and `escalated` rows end a streak; `skipped`, `interrupted` and
+/// rate-limited rows neither count nor end it.
+pub fn failure_streak<'a>(cycle_rows: impl DoubleEndedIterator<Item = &'a Row>) -> u32 {
+    let mut streak = 0;
+    for row in cycle_rows.rev() {
+        if row.counts_as_failure() {
+            streak += 1;
+        } else if matches!(row.status, Status::Ok | Status::Escalated) {
+            break;
+        }
+    }
+    streak
 }
 
 /// A line the reader skipped.

@@ -452,7 +452,7 @@ fn sd_notify_datagrams() {
         "",
     );
     let socket_dir = tempfile::tempdir().unwrap();
-    let listener = loop_orchestrator::notify::NotifyListener::bind_in(socket_dir.path()).unwrap();
+    let listener = common::NotifyListener::bind_in(socket_dir.path()).unwrap();
     let socket = listener.path().display().to_string();
     let serve = Serve::start(
         &inst,
@@ -595,7 +595,7 @@ fn status_after_each_dispatch_names_the_next_instant() {
         "",
     );
     let socket_dir = tempfile::tempdir().unwrap();
-    let listener = loop_orchestrator::notify::NotifyListener::bind_in(socket_dir.path()).unwrap();
+    let listener = common::NotifyListener::bind_in(socket_dir.path()).unwrap();
     let socket = listener.path().display().to_string();
     let serve = Serve::start(&inst, &[("NOTIFY_SOCKET", &socket)]);
     // The `next … at` instants of the STATUS= datagrams that follow READY=1.

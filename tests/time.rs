@@ -267,7 +267,7 @@ fn fired_between(rows: &[Row], id: &str, from: &str, to: &str) -> Vec<DateTime<U
 
 /// The instant the service armed its schedules from (`service.json`, faked clock).
 fn armed_from(inst: &Instance) -> DateTime<Utc> {
-    loop_orchestrator::state::read_service(inst.path())
+    loop_orchestrator::state::read_service(&loop_orchestrator::instance::Instance::new(inst.path()))
         .expect("the service writes service.json")
         .started_at
 }

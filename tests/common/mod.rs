@@ -136,3 +136,40 @@ pub fn process_exists(pid: i32) -> bool {
 pub fn path_buf(p: &Path) -> PathBuf {
     p.to_path_buf()
 }
+
+/// A bound datagram socket standing in for systemd's notify socket.
+pub struct NotifyListener {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifyListener {
+    /// Binds `dir/notify.sock`; give it a fresh temporary directory (socket paths are
+    /// limited to about 100 bytes).
+    pub fn bind_in(dir: &Path) -> std::io::Result<NotifyListener> {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path)?;
+        Ok(NotifyListener { socket, path })
+    }
+
+    /// The value to put in `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next datagram, or `None` when none arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Option<String> {
+        // A zero timeout means "block forever" to set_read_timeout.
+        let timeout = timeout.max(std::time::Duration::from_millis(1));
+        self.socket.set_read_timeout(Some(timeout)).ok()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+impl Drop for NotifyListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

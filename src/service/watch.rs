@@ -39,11 +39,11 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::instance::Instance;
+
 /// The longest a batch waits after its first event, so a constant writer cannot starve reloads.
 pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
 
-const SCHEDULES: &str = "schedules.json";
-const MODES: &str = "modes";
 /// Relevant events are few (people save files); this only bounds a pathological writer.
 const CHANNEL_CAPACITY: usize = 1024;
 
@@ -95,9 +95,10 @@ pub struct Watcher {
 impl Watcher {
     /// Watches `dir` (non-recursively) and `dir/modes` (non-recursively; when `modes/` is created or
     /// replaced later, start watching it). Relevant paths: `dir/schedules.json` and `dir/modes/*.md`.
-    pub fn new(dir: &Path, batch: Duration) -> Result<Watcher, WatchError> {
-        let schedules = dir.join(SCHEDULES);
-        let modes = dir.join(MODES);
+    pub fn new(inst: &Instance, batch: Duration) -> Result<Watcher, WatchError> {
+        let dir = inst.root();
+        let schedules = inst.schedules();
+        let modes = inst.modes_dir();
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let overflowed = Arc::new(AtomicBool::new(false));
 
@@ -339,7 +340,7 @@ mod tests {
         }
 
         fn start(dir: tempfile::TempDir) -> Fixture {
-            let watcher = Watcher::new(dir.path(), BATCH).unwrap();
+            let watcher = Watcher::new(&Instance::new(dir.path()), BATCH).unwrap();
             Fixture { dir, watcher }
         }
 
@@ -614,7 +615,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("schedules.json"), "{}\n").unwrap();
         // A long window, so the batch cannot complete while we keep cancelling it.
-        let mut watcher = Watcher::new(dir.path(), Duration::from_secs(1)).unwrap();
+        let mut watcher = Watcher::new(&Instance::new(dir.path()), Duration::from_secs(1)).unwrap();
         fs::write(dir.path().join("schedules.json"), "{\"a\": 1}\n").unwrap();
 
         // Cancel the wait until the event has been taken off the channel mid-batch.
@@ -637,7 +638,7 @@ mod tests {
     fn missing_directory_is_a_watch_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = Watcher::new(&missing, BATCH).unwrap_err();
+        let err = Watcher::new(&Instance::new(&missing), BATCH).unwrap_err();
         assert!(matches!(&err, WatchError::Watch { path, .. } if *path == missing));
         assert!(err.to_string().contains("nope"), "{err}");
     }

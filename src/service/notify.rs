@@ -26,7 +26,7 @@ use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
@@ -185,49 +185,48 @@ pub fn watchdog_interval_from(
     Some(Duration::from_micros(usec) / 2)
 }
 
-/// Test helper: a bound datagram socket standing in for the service manager.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct NotifyListener {
-    socket: UnixDatagram,
-    path: PathBuf,
-}
-
-#[doc(hidden)]
-impl NotifyListener {
-    /// Binds `dir/notify.sock`; give it a fresh temporary directory (socket paths are
-    /// limited to about 100 bytes).
-    pub fn bind_in(dir: &Path) -> io::Result<NotifyListener> {
-        let path = dir.join("notify.sock");
-        let socket = UnixDatagram::bind(&path)?;
-        Ok(NotifyListener { socket, path })
-    }
-
-    /// The value to put in `NOTIFY_SOCKET`.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The next datagram, or `None` when none arrives within `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<String> {
-        // A zero timeout means "block forever" to set_read_timeout.
-        let timeout = timeout.max(Duration::from_millis(1));
-        self.socket.set_read_timeout(Some(timeout)).ok()?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = self.socket.recv(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
-}
-
-impl Drop for NotifyListener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// Test helper: a bound datagram socket standing in for the service manager.
+    #[derive(Debug)]
+    pub(super) struct NotifyListener {
+        socket: UnixDatagram,
+        path: PathBuf,
+    }
+
+    impl NotifyListener {
+        /// Binds `dir/notify.sock`; give it a fresh temporary directory (socket paths are
+        /// limited to about 100 bytes).
+        pub(super) fn bind_in(dir: &Path) -> io::Result<NotifyListener> {
+            let path = dir.join("notify.sock");
+            let socket = UnixDatagram::bind(&path)?;
+            Ok(NotifyListener { socket, path })
+        }
+
+        /// The value to put in `NOTIFY_SOCKET`.
+        pub(super) fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// The next datagram, or `None` when none arrives within `timeout`.
+        pub(super) fn recv_timeout(&self, timeout: Duration) -> Option<String> {
+            // A zero timeout means "block forever" to set_read_timeout.
+            let timeout = timeout.max(Duration::from_millis(1));
+            self.socket.set_read_timeout(Some(timeout)).ok()?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = self.socket.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+    }
+
+    impl Drop for NotifyListener {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 
     const WAIT: Duration = Duration::from_secs(5);
 

@@ -1,0 +1,318 @@
+//! Command-line interface: clap definitions, and the rendering of what the commands in
+//! [`crate::app`] return.
+//!
+//! Rule: this layer parses and renders only. Each command is one call into `app` (or
+//! [`crate::service::serve`]); its result is printed here and its error goes back to `main`,
+//! which prints it once and exits with [`crate::exit::Error::exit_code`]. Exit codes
+//! (SPEC §7): 0 success, 1 a mode failed, 2 invalid input, 75 the schedule's cycle is already
+//! running (EX_TEMPFAIL), 130 interrupted by a signal.
+
+mod render;
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::app;
+use crate::exit::{Code, Error};
+use crate::instance::Instance;
+
+/// A cron supervisor for autonomous work loops.
+///
+/// It fires the schedules of schedules.json and runs each fire as a cycle through a pipeline
+/// of modes (implementation → validation → quality → integration → planning), each a command.
+/// Every step is a row in task_timing.tsv; facts go to persistent-memory.md; TODO.md is the plan.
+///
+/// Start with `loop-orchestrator init DIR`, then `loop-orchestrator --dir DIR run-cycle`.
+#[derive(Debug, Parser)]
+#[command(name = "loop-orchestrator", version, max_term_width = 100)]
+pub struct Cli {
+    /// The instance directory (schedules.json, modes/, TODO.md, ...).
+    #[arg(
+        long,
+        global = true,
+        env = "LOOP_ORCHESTRATOR_DIR",
+        default_value = ".",
+        value_name = "DIR"
+    )]
+    pub dir: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Accept schedules.json and mode files that group or others can write, or that are
+    /// symlinks owned by another user (refused by default, as cron refuses such a crontab).
+    #[arg(long, global = true, env = "LOOP_ORCHESTRATOR_ALLOW_INSECURE_CONFIG")]
+    pub allow_insecure_config: bool,
+    /// More log lines on stderr (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor in the foreground (systemd Type=notify-reload).
+    ///
+    /// Fires every enabled schedule on its cron instants, reloads on edits and SIGHUP, and
+    /// stops cleanly on SIGTERM/SIGINT. One service per directory.
+    Serve,
+    /// Run one cycle now and wait for it.
+    ///
+    /// Without --schedule, every enabled schedule runs, one after the other, in file order.
+    /// Exit: 0 all ok, 1 a mode failed, 2 invalid input, 75 the schedule's cycle is already
+    /// running.
+    ///
+    /// Example: loop-orchestrator run-cycle --schedule main-loop
+    RunCycle(RunCycleArgs),
+    /// Check schedules.json, modes/, TODO.md and the memory file; list every problem.
+    ///
+    /// Exit 0 when all is well, 2 otherwise. Runs exactly the checks `serve` runs at load.
+    Validate,
+    /// Schedules, next fires, last results, failure streaks, TODO progress, memory use.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upcoming fire instants, local and UTC.
+    ///
+    /// Example: loop-orchestrator next main-loop --count 5
+    Next {
+        /// A schedule id (default: every schedule).
+        id: Option<String>,
+        /// How many instants per schedule.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+    },
+    /// Lift the escalation of a schedule so it fires again.
+    Resume {
+        /// The schedule id.
+        id: String,
+    },
+    /// The items of TODO.md, numbered for `run-cycle --todo N`.
+    Todo {
+        /// Print `HANDOFF: next: ...` naming the first open item (for a planning mode).
+        #[arg(long)]
+        handoff: bool,
+    },
+    /// Show, add to, or prune persistent-memory.md.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Write a working instance (schedules.json, modes/, TODO.md, memory, timing file).
+    ///
+    /// Existing files are kept. Example: loop-orchestrator init ~/my-repo
+    Init {
+        /// Where (default: --dir).
+        target: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunCycleArgs {
+    /// Run only this schedule.
+    #[arg(long, value_name = "ID")]
+    pub schedule: Option<String>,
+    /// Run TODO.md item N (see `todo`) through the schedule's modes, as priority `todo`,
+    /// capped at 3600 s; while a service runs, it stops 2 s before the next schedule fire.
+    /// Uses --schedule, or the first enabled schedule.
+    #[arg(long, value_name = "N")]
+    pub todo: Option<usize>,
+    /// Show what would run (commands, prompt delivery, limits); run and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemoryCommand {
+    /// Print the memory file and its size against the limit.
+    Show,
+    /// Add an entry to a section.
+    ///
+    /// Example: loop-orchestrator memory add --section Commands "cargo nextest run"
+    Add {
+        /// Implementation Patterns, Commands or System Updates.
+        #[arg(long, default_value = "System Updates")]
+        section: String,
+        /// The entry's text.
+        text: String,
+    },
+    /// Prune down to the target now, whatever the file's length, moving entries to
+    /// persistent-memory.archive.md: older copies of an entry first, then the oldest,
+    /// System Updates before Commands before Implementation Patterns.
+    ///
+    /// Example: loop-orchestrator memory prune --target-lines 120
+    Prune {
+        /// Lines to keep at most (default: memory.target_lines in schedules.json, 240).
+        #[arg(long)]
+        target_lines: Option<usize>,
+    },
+}
+
+/// Runs a parsed command line; `Ok` carries the exit code of a command that ran (a failed
+/// mode is a result, not an error), `Err` what `main` prints before exiting.
+pub fn run(cli: Cli) -> Result<Code, Error> {
+    init_logging(&cli);
+    crate::config::allow_insecure_config(cli.allow_insecure_config);
+    let inst = Instance::new(cli.dir.clone());
+    match cli.command {
+        Command::Serve => crate::service::serve(&inst),
+        Command::RunCycle(args) => run_cycle(&inst, args),
+        Command::Validate => {
+            let valid = app::validate::validate(&inst)?;
+            println!(
+                "ok: {} schedule(s), {} mode(s)",
+                valid.schedules, valid.modes
+            );
+            Ok(Code::OK)
+        }
+        Command::Status { json } => {
+            let now = Utc::now();
+            let report = app::status::status(&inst, now);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(Error::failed)?
+                );
+            } else {
+                print!("{}", render::status(&report, now));
+            }
+            Ok(Code::OK)
+        }
+        Command::Next { id, count } => {
+            let fires = app::next::next(&inst, id.as_deref(), count, Utc::now())?;
+            print!("{}", render::next(&fires));
+            Ok(Code::OK)
+        }
+        Command::Resume { id } => {
+            let resumed = app::resume::resume(&inst, &id)?;
+            if let Some(warning) = &resumed.warning {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}", render::resumed(&resumed));
+            Ok(Code::OK)
+        }
+        Command::Todo { handoff } => {
+            let todo = app::todo::todo(&inst)?;
+            print!("{}", render::todo(&todo));
+            if handoff {
+                println!("{}", app::todo::handoff_line(&todo));
+            }
+            Ok(Code::OK)
+        }
+        Command::Memory(command) => memory(&inst, command),
+        Command::Init { target } => {
+            let target = target.unwrap_or(cli.dir);
+            let done = app::init::init(&target)?;
+            for path in &done.written {
+                println!("wrote {}", path.display());
+            }
+            for path in &done.kept {
+                println!("kept  {} (exists)", path.display());
+            }
+            println!(
+                "next: loop-orchestrator --dir {} run-cycle",
+                target.display()
+            );
+            Ok(Code::OK)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (cli.verbose, matches!(cli.command, Command::Serve)) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // Under systemd the journal adds its own timestamps and has no colours.
+    let under_systemd =
+        std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain if under_systemd => builder.without_time().with_ansi(false).try_init(),
+        LogFormat::Plain => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+}
+
+/// A runtime on the calling thread alone (`run-cycle`, and the service's scheduling loop).
+pub fn single_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn run_cycle(inst: &Instance, args: RunCycleArgs) -> Result<Code, Error> {
+    let request = app::run_cycle::Request {
+        schedule: args.schedule,
+        todo: args.todo,
+    };
+    if args.dry_run {
+        print!("{}", render::plans(&app::run_cycle::plan(inst, &request)?));
+        return Ok(Code::OK);
+    }
+    // One thread: a run-cycle runs one mode at a time, and worker threads would only add
+    // their start-up and a cross-thread wake-up per step (figure 5 in BENCHMARKS.md).
+    let rt = single_thread_runtime()
+        .map_err(|err| Error::Failed(format!("run-cycle: cannot start the runtime: {err}")))?;
+    rt.block_on(async {
+        let cancel = CancellationToken::new();
+        spawn_signal_cancel(cancel.clone());
+        let outcome = app::run_cycle::run(inst, &request, cancel, render::progress).await?;
+        Ok(outcome.exit_code())
+    })
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM, so running modes end as `interrupted` with their
+/// rows written.
+fn spawn_signal_cancel(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("signal received: stopping the running mode");
+        cancel.cancel();
+    });
+}
+
+fn memory(inst: &Instance, command: MemoryCommand) -> Result<Code, Error> {
+    match command {
+        MemoryCommand::Show => {
+            let shown = app::memory::show(inst)?;
+            print!("{}", shown.text);
+            eprintln!("{}", render::memory_use(&shown));
+        }
+        MemoryCommand::Add { section, text } => {
+            app::memory::add(inst, app::memory::section(&section)?, &text)?;
+        }
+        MemoryCommand::Prune { target_lines } => {
+            let report = app::memory::prune(inst, target_lines)?;
+            println!("{}", render::pruned(&report));
+        }
+    }
+    Ok(Code::OK)
+}

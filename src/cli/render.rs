@@ -1,0 +1,277 @@
+//! The text the CLI prints for what [`crate::app`] returns. Plain text, one fact per line,
+//! stable enough for a person to grep; `--json` forms are serde's.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::app::memory::Shown;
+use crate::app::next::NextFires;
+use crate::app::resume::Resumed;
+use crate::app::run_cycle::{Plan, Progress};
+use crate::app::status::Report;
+use crate::duration::short;
+use crate::instance;
+use crate::memory::PruneReport;
+use crate::todo::Todo;
+
+/// Prints `run-cycle`'s progress as it happens: a line per cycle start, mode and cycle end on
+/// stdout; what went wrong around them on stderr.
+pub fn progress(event: Progress<'_>) {
+    match event {
+        Progress::Reaped(reaped) => eprintln!("{reaped}"),
+        Progress::CycleStarted { schedule, modes } => {
+            println!("{schedule}: cycle started ({modes} modes)")
+        }
+        Progress::ModeStarted { .. } => {}
+        Progress::ModeFinished { report, .. } => {
+            let attempt = if report.attempt > 1 {
+                format!(" (attempt {})", report.attempt)
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<15} {:<11} {:>8}  {}{attempt}",
+                report.mode,
+                report.status.to_string(),
+                short(report.duration),
+                report.note
+            );
+        }
+        Progress::CycleFinished { schedule, outcome } => println!(
+            "{schedule}: cycle {} in {} ({})",
+            outcome.status,
+            short(outcome.duration),
+            outcome.note
+        ),
+        Progress::Busy { schedule, pid } => {
+            eprintln!("{schedule}: a cycle of this schedule is already running (pid {pid})")
+        }
+        Progress::Preempted { schedule, at } => {
+            eprintln!("preempted: schedule {schedule} fires at {at}; stopping the todo run")
+        }
+    }
+}
+
+/// `run-cycle --dry-run`.
+pub fn plans(plans: &[Plan]) -> String {
+    let mut out = String::new();
+    for plan in plans {
+        let _ = writeln!(
+            out,
+            "{}: would run {} mode(s) in {}",
+            plan.schedule,
+            plan.modes.len(),
+            plan.cwd
+        );
+        for mode in &plan.modes {
+            let command = match &mode.argv {
+                Some(argv) => argv.join(" "),
+                None => format!("(not installed: {})", mode.missing.join(", ")),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<15} {command}  [prompt {:?}, timeout {}, on_failure {:?}{}]",
+                mode.slug,
+                mode.prompt,
+                short(mode.timeout),
+                mode.on_failure,
+                if mode.always { ", always" } else { "" }
+            );
+        }
+    }
+    out
+}
+
+pub fn next(fires: &[NextFires]) -> String {
+    let mut out = String::new();
+    for s in fires {
+        let _ = writeln!(
+            out,
+            "{}  \"{}\" in {}{}",
+            s.schedule,
+            s.cron,
+            s.timezone,
+            if s.enabled { "" } else { " (disabled)" }
+        );
+        for fire in &s.fires {
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                fire.local,
+                fire.at.format("%Y-%m-%dT%H:%M:%SZ")
+            );
+        }
+    }
+    out
+}
+
+pub fn todo(todo: &Todo) -> String {
+    let mut out = String::new();
+    let mut heading: Vec<String> = Vec::new();
+    for item in &todo.items {
+        if item.headings != heading {
+            heading = item.headings.clone();
+            let _ = writeln!(out, "{}", heading.join(" > "));
+        }
+        let _ = writeln!(
+            out,
+            "  {:>3}. [{}] {}  ({}:{})",
+            item.number,
+            if item.done { "x" } else { " " },
+            item.text,
+            instance::TODO,
+            item.line
+        );
+    }
+    let (done, total) = todo.progress();
+    let _ = writeln!(out, "{done}/{total} done");
+    out
+}
+
+pub fn resumed(resumed: &Resumed) -> String {
+    let id = &resumed.schedule;
+    match (resumed.was_escalated, resumed.service_pid) {
+        (false, _) => format!("{id}: not escalated; nothing to resume"),
+        (true, Some(pid)) => {
+            format!("{id}: resumed; the service (pid {pid}) fires it again from its next instant")
+        }
+        (true, None) => format!("{id}: resumed; no service runs on this directory"),
+    }
+}
+
+pub fn memory_use(shown: &Shown) -> String {
+    match &shown.limits {
+        Some(limits) => format!(
+            "{} lines of {} allowed (pruned to {}), {} entries",
+            shown.lines, limits.max_lines, limits.target_lines, shown.entries
+        ),
+        None => format!(
+            "{} lines, {} entries (limits unknown: schedules.json does not validate)",
+            shown.lines, shown.entries
+        ),
+    }
+}
+
+pub fn pruned(report: &PruneReport) -> String {
+    let duplicates = match report.duplicates {
+        0 => String::new(),
+        n => format!(" ({n} of them older copies of entries kept)"),
+    };
+    format!(
+        "pruned {} → {} lines; {} entries moved to {}{duplicates}",
+        report.lines_before,
+        report.lines_after,
+        report.archived,
+        instance::ARCHIVE
+    )
+}
+
+/// The plain-text form of a report.
+pub fn status(report: &Report, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "instance  {}", report.dir);
+    let _ = match &report.service.pid {
+        Some(pid) => writeln!(out, "service   running (pid {pid})"),
+        None => writeln!(out, "service   not running"),
+    };
+    if let Some(reload) = &report.service.last_reload {
+        let when = reload.at.format("%Y-%m-%d %H:%M:%S UTC");
+        if reload.ok {
+            let _ = writeln!(out, "reload    ok at {when} ({})", reload.trigger);
+        } else {
+            let _ = writeln!(
+                out,
+                "reload    REJECTED at {when} ({}); the last good configuration runs:",
+                reload.trigger
+            );
+            for p in &reload.problems {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+    }
+    if !report.config_problems.is_empty() {
+        let _ = writeln!(
+            out,
+            "config    INVALID ({} problems):",
+            report.config_problems.len()
+        );
+        for p in &report.config_problems {
+            let _ = writeln!(out, "  {p}");
+        }
+    }
+    let _ = writeln!(out);
+    for s in &report.schedules {
+        let state = if s.escalated {
+            format!(
+                "ESCALATED: paused until its entry changes or `resume {}`",
+                s.id
+            )
+        } else if !s.enabled {
+            "disabled".to_string()
+        } else if let Some(pid) = &s.running {
+            format!("running (pid {pid})")
+        } else {
+            "idle".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{}  [{}]  cron \"{}\" {}",
+            s.id, state, s.cron, s.timezone
+        );
+        if let (Some(next), Some(local)) = (s.next_fire, &s.next_fire_local) {
+            let secs = (next - now).num_seconds().max(0);
+            let _ = writeln!(
+                out,
+                "  next      {local} (in {})",
+                short(std::time::Duration::from_secs(secs as u64))
+            );
+        }
+        match &s.last_cycle {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "  last      {} at {} in {}: {}",
+                    c.status,
+                    c.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    short(std::time::Duration::from_millis(c.duration_ms)),
+                    c.note
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  last      never ran");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  failures  {} in a row (escalates at {})",
+            s.failure_streak, s.max_failures
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "todo      {}/{} done",
+        report.todo.done, report.todo.total
+    );
+    if let Some(next) = &report.todo.next_open {
+        let _ = writeln!(out, "  next     {next}");
+    }
+    let _ = writeln!(
+        out,
+        "memory    {}/{} lines, {} entries",
+        report.memory.lines, report.memory.max_lines, report.memory.entries
+    );
+    let _ = writeln!(out, "timing    {} rows", report.timing.rows);
+    if !report.timing.bad_lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} bad lines (skipped):",
+            report.timing.bad_lines.len()
+        );
+        for b in report.timing.bad_lines.iter().take(10) {
+            let _ = writeln!(out, "  {b}");
+        }
+    }
+    out
+}

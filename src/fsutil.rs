@@ -1,0 +1,143 @@
+//! Small state files written whole: [`write_atomic`] and [`read_json`].
+//!
+//! Rule: every small state file (handoffs, escalation markers, service.json, pid records) is
+//! written with [`write_atomic`]: a temp file with a unique name in the same directory,
+//! flushed, renamed over the target, then the directory flushed. So a reader sees the old
+//! file or the new one, never a torn one; two writers at once each rename a whole file of
+//! their own (the last rename wins) instead of writing into one shared temp name; and after a
+//! crash the file is the old or the new version. A leftover temp file (a crash between create
+//! and rename) starts with `.` and ends with `.tmp`, so watchers and readers ignore it.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a state file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{}: not a valid state file ({source}); it is ignored until it is written again", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Replaces `path` with `bytes`, atomically and durably (see the module doc). Creates the
+/// parent directory when missing.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(parent)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|err| err.error)?;
+    sync_dir(parent)
+}
+
+/// [`write_atomic`] of a value as pretty JSON.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, &bytes)
+}
+
+/// Reads a JSON state file: `Ok(None)` when it does not exist, an error naming the file when
+/// it cannot be read or does not parse.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, ReadError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| ReadError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Flushes a directory, so a rename or a new entry in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_whole_files_and_leaves_no_temp_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("state.json");
+        write_json(&path, &serde_json::json!({"a": 1})).unwrap();
+        write_json(&path, &serde_json::json!({"a": 2})).unwrap();
+        let value: serde_json::Value = read_json(&path).unwrap().unwrap();
+        assert_eq!(value["a"], 2);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn missing_is_none_and_garbage_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        assert!(read_json::<serde_json::Value>(&path).unwrap().is_none());
+        std::fs::write(&path, b"{\"a\": ").unwrap();
+        let err = read_json::<serde_json::Value>(&path).unwrap_err();
+        assert!(err.to_string().contains("x.json"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_writers_never_leave_a_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.json");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        let text = "x".repeat(1000 + i * 100 + n);
+                        write_json(&path, &serde_json::json!({ "text": text })).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                for _ in 0..400 {
+                    if let Err(err) = read_json::<serde_json::Value>(&path) {
+                        panic!("torn read: {err}");
+                    }
+                }
+            })
+        };
+        for t in threads {
+            t.join().unwrap();
+        }
+        reader.join().unwrap();
+        assert!(read_json::<serde_json::Value>(&path).unwrap().is_some());
+    }
+}

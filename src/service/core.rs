@@ -1,0 +1,966 @@
+//! The service's decisions, without I/O: given `now` and an event, what to do.
+//!
+//! The loop ([`super::run`]) owns the timer, signals, watcher, files and tasks; it tells the
+//! core what happened (a wake, a cycle's end, a reload, a stop) and performs the
+//! [`Action`]s the core returns. So every rule below is unit-tested without sleeping, and
+//! the loop holds no rule of its own (the ntpd-rs shape: `handle_timer(&mut self) -> actions`).
+//!
+//! Rules (SPEC §7):
+//! - Every due instant is dispatched exactly once. Instants due for longer than
+//!   [`STALE_AFTER`] were missed (the clock jumped forward, the machine slept): the schedule
+//!   fires once, for the latest of them, as cronie runs a job once after a jump.
+//! - A fire while the schedule's previous cycle runs follows `overlap`: `skip` writes a
+//!   `skipped` cycle row, `queue` runs once after (further fires meanwhile are skipped),
+//!   `parallel` runs alongside.
+//! - After `max_failures` consecutive cycles that count as failures
+//!   ([`crate::timing::Row::counts_as_failure`]) a schedule escalates: no fires until its
+//!   entry changes or `resume ID` removes the marker; a fire queued behind the last failure
+//!   is dropped with a `skipped` row.
+//! - A reload keeps unchanged schedules' next instants, reschedules changed ones from now
+//!   (lifting their escalation), stops firing removed or disabled ones (their fires still
+//!   waiting do not start), and resumes a schedule whose marker is gone.
+//! - A step of the clock back by more than [`CLOCK_STEP_BACK`] re-arms elapsed-time
+//!   schedules from the new time; fixed-time ones wait for the clock, unless the step is
+//!   larger than [`LARGE_STEP_BACK`] (cronie's rule: the clock was wrong, not adjusted).
+//! - On stop, a queued fire gets an `interrupted` row, so every dispatched instant has
+//!   exactly one cycle row.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+
+use crate::schedule::{Overlap, Schedule};
+use crate::state::Escalation;
+use crate::timing::{Row, Status, failure_streak};
+
+/// Instants due for longer than this were missed, not merely reached late.
+pub const STALE_AFTER: TimeDelta = TimeDelta::seconds(60);
+/// A step of the clock back by more than this re-arms elapsed-time schedules.
+pub const CLOCK_STEP_BACK: TimeDelta = TimeDelta::seconds(1);
+/// A step back by more than this re-arms every schedule, fixed-time ones too.
+pub const LARGE_STEP_BACK: TimeDelta = TimeDelta::hours(3);
+
+/// What the loop is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a cycle of `schedule` for `instant` (jitter, a free slot and the schedule's lock
+    /// come first, in the loop's task).
+    Start {
+        schedule: Schedule,
+        instant: DateTime<Utc>,
+        dispatched_at: DateTime<Utc>,
+    },
+    /// Write the cycle row of an instant that does not run (or, without `instant`, an
+    /// escalation's row).
+    Row {
+        schedule: Schedule,
+        instant: Option<DateTime<Utc>>,
+        dispatched_at: DateTime<Utc>,
+        status: Status,
+        note: String,
+    },
+    /// The schedule escalated: write its marker, its `escalated` row and memory entry, and
+    /// run its `on_escalate` once.
+    Escalate {
+        schedule: Schedule,
+        failures: u32,
+        at: DateTime<Utc>,
+        note: String,
+    },
+    /// Remove the schedule's escalation marker: its entry changed.
+    ClearEscalation { id: String },
+    /// Fires of the schedule still waiting for their jitter or a slot must not start.
+    Withdraw { id: String },
+}
+
+/// A schedule as the service tracks it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub schedule: Schedule,
+    /// The next instant to fire; `None` when disabled, escalated or exhausted.
+    pub next: Option<DateTime<Utc>>,
+    /// Cycles dispatched and not yet done (waiting for a slot included).
+    pub running: usize,
+    /// An instant waiting for the running cycle to end (`overlap = "queue"`).
+    pub queued: Option<DateTime<Utc>>,
+    /// Consecutive cycles that counted as failures.
+    pub streak: u32,
+    pub escalated: bool,
+}
+
+impl Entry {
+    fn new(schedule: Schedule, escalated: bool, streak: u32, now: DateTime<Utc>) -> Entry {
+        let mut entry = Entry {
+            schedule,
+            next: None,
+            running: 0,
+            queued: None,
+            streak,
+            escalated,
+        };
+        entry.arm(now);
+        entry
+    }
+
+    fn arm(&mut self, from: DateTime<Utc>) {
+        self.next = if self.schedule.enabled && !self.escalated {
+            self.schedule.cron.next_after(from, self.schedule.timezone)
+        } else {
+            None
+        };
+    }
+}
+
+/// How a cycle the loop started ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// The cycle row's status; `None` when the task ended without one (it could not start).
+    pub status: Option<Status>,
+    /// Whether its cycle row counts toward the failure streak.
+    pub counts_as_failure: bool,
+}
+
+/// What a reload changed, for the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub resumed: usize,
+}
+
+/// The decision core: every schedule's state.
+#[derive(Debug)]
+pub struct Core {
+    entries: BTreeMap<String, Entry>,
+    /// The clock at the last observation, to notice it stepping back.
+    last_now: DateTime<Utc>,
+    stopping: bool,
+}
+
+impl Core {
+    /// The core of a starting service: schedules with their failure streaks from the rows
+    /// already written, escalated when their marker's fingerprint still matches. A marker of
+    /// a changed entry is cleared.
+    pub fn new(
+        schedules: &[Schedule],
+        rows: &[Row],
+        markers: &HashMap<String, Escalation>,
+        now: DateTime<Utc>,
+    ) -> (Core, Vec<Action>) {
+        let mut actions = Vec::new();
+        let mut entries = BTreeMap::new();
+        for schedule in schedules {
+            let history = rows
+                .iter()
+                .filter(|r| r.mode == crate::timing::CYCLE_MODE && r.schedule == schedule.id);
+            let escalated = match markers.get(&schedule.id) {
+                Some(marker) if marker.fingerprint == schedule.fingerprint => true,
+                Some(_) => {
+                    tracing::info!(schedule = %schedule.id, "escalation lifted: the entry changed");
+                    actions.push(Action::ClearEscalation {
+                        id: schedule.id.clone(),
+                    });
+                    false
+                }
+                None => false,
+            };
+            let streak = failure_streak(history);
+            entries.insert(
+                schedule.id.clone(),
+                Entry::new(schedule.clone(), escalated, streak, now),
+            );
+        }
+        let core = Core {
+            entries,
+            last_now: now,
+            stopping: false,
+        };
+        (core, actions)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// The earliest instant due, to arm the timer with.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.entries.values().filter_map(|e| e.next).min()
+    }
+
+    /// Cycles dispatched and not yet done.
+    pub fn running(&self) -> usize {
+        self.entries.values().map(|e| e.running).sum()
+    }
+
+    /// Notices a step of the system clock back (see the module doc). Called at every turn of
+    /// the loop, before the event is handled.
+    pub fn observe_clock(&mut self, now: DateTime<Utc>) {
+        if now + CLOCK_STEP_BACK < self.last_now {
+            let back = self.last_now - now;
+            let mut rearmed = 0;
+            for entry in self.entries.values_mut() {
+                if entry.next.is_some()
+                    && (back > LARGE_STEP_BACK || !entry.schedule.cron.is_fixed_time())
+                {
+                    entry.arm(now);
+                    rearmed += 1;
+                }
+            }
+            tracing::warn!(
+                back_ms = back.num_milliseconds(),
+                rearmed,
+                "the clock stepped back: elapsed-time schedules go on from now, fixed-time ones wait for the clock"
+            );
+        }
+        self.last_now = now;
+    }
+
+    /// Fires every instant due at `now`.
+    pub fn dispatch_due(&mut self, now: DateTime<Utc>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.stopping {
+            return actions;
+        }
+        let due: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.next.is_some_and(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let Some(first) = entry.next else { continue };
+            let (cron, tz) = (&entry.schedule.cron, entry.schedule.timezone);
+            let mut instants = Vec::new();
+            if now - first > STALE_AFTER {
+                let latest = latest_at_or_before(cron, tz, now, first).unwrap_or(first);
+                tracing::warn!(
+                    schedule = %id,
+                    first_missed = %first,
+                    fired_for = %latest,
+                    "instants missed since {first} (the clock jumped forward or the machine slept); firing once, for the latest"
+                );
+                instants.push(latest);
+                entry.next = cron.next_after(now, tz);
+            } else {
+                let mut at = Some(first);
+                while let Some(t) = at.filter(|t| *t <= now) {
+                    instants.push(t);
+                    at = cron.next_after(t, tz);
+                }
+                entry.next = at;
+            }
+            for instant in instants {
+                self.fire(&id, instant, now, &mut actions);
+            }
+        }
+        actions
+    }
+
+    /// One fire of a schedule: start, queue or skip it.
+    fn fire(
+        &mut self,
+        id: &str,
+        instant: DateTime<Utc>,
+        dispatched_at: DateTime<Utc>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if entry.running > 0 {
+            let skip = match (entry.schedule.overlap, entry.queued.is_some()) {
+                (Overlap::Skip, _) => Some("overlap skip: the previous cycle still runs"),
+                (Overlap::Queue, true) => Some("overlap queue: a cycle is already queued"),
+                _ => None,
+            };
+            if let Some(note) = skip {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: {note}");
+                actions.push(Action::Row {
+                    schedule: entry.schedule.clone(),
+                    instant: Some(instant),
+                    dispatched_at,
+                    status: Status::Skipped,
+                    note: note.into(),
+                });
+                return;
+            }
+            if entry.schedule.overlap == Overlap::Queue {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "queued behind the running cycle");
+                entry.queued = Some(instant);
+                return;
+            }
+        }
+        entry.running += 1;
+        tracing::info!(schedule = %id, scheduled_at = %instant, late_ms = (dispatched_at - instant).num_milliseconds(), "fired");
+        actions.push(Action::Start {
+            schedule: entry.schedule.clone(),
+            instant,
+            dispatched_at,
+        });
+    }
+
+    /// A started cycle ended: count it, escalate when the streak reaches `max_failures`, and
+    /// start the fire queued behind it.
+    pub fn on_done(&mut self, id: &str, done: Done, now: DateTime<Utc>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(entry) = self.entries.get_mut(id) else {
+            return actions;
+        };
+        entry.running = entry.running.saturating_sub(1);
+        if done.counts_as_failure {
+            entry.streak += 1;
+        } else if done.status == Some(Status::Ok) {
+            entry.streak = 0;
+        }
+        if entry.streak >= entry.schedule.max_failures && !entry.escalated {
+            self.escalate(id, now, &mut actions);
+        }
+        let Some(entry) = self.entries.get_mut(id) else {
+            return actions;
+        };
+        if let Some(instant) = entry.queued.take()
+            && !entry.escalated
+            && !self.stopping
+        {
+            self.fire(id, instant, now, &mut actions);
+        }
+        actions
+    }
+
+    fn escalate(&mut self, id: &str, now: DateTime<Utc>, actions: &mut Vec<Action>) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        let failures = entry.streak;
+        entry.escalated = true;
+        entry.next = None;
+        entry.streak = 0;
+        if let Some(instant) = entry.queued.take() {
+            actions.push(Action::Row {
+                schedule: entry.schedule.clone(),
+                instant: Some(instant),
+                dispatched_at: now,
+                status: Status::Skipped,
+                note: "not started: the schedule escalated while it was queued".into(),
+            });
+        }
+        tracing::warn!(schedule = %id, failures, "escalated: paused until its entry changes or `resume {id}`");
+        actions.push(Action::Escalate {
+            schedule: entry.schedule.clone(),
+            failures,
+            at: now,
+            note: format!(
+                "{failures} consecutive failed cycles; paused until its entry changes or `resume {id}`"
+            ),
+        });
+    }
+
+    /// A new valid configuration. `markers` are the escalation markers on disk now, by
+    /// schedule id.
+    pub fn reload(
+        &mut self,
+        schedules: &[Schedule],
+        markers: &HashMap<String, Escalation>,
+        now: DateTime<Utc>,
+    ) -> (Vec<Action>, Reloaded) {
+        let mut actions = Vec::new();
+        let mut summary = Reloaded::default();
+        let mut next_entries = BTreeMap::new();
+        for schedule in schedules {
+            let id = &schedule.id;
+            match self.entries.remove(id) {
+                Some(mut entry) if entry.schedule.fingerprint == schedule.fingerprint => {
+                    entry.schedule = schedule.clone();
+                    if entry.escalated && !markers.contains_key(id) {
+                        entry.escalated = false;
+                        entry.arm(now);
+                        summary.resumed += 1;
+                        tracing::info!(schedule = %id, "resumed");
+                    }
+                    next_entries.insert(id.clone(), entry);
+                }
+                Some(mut entry) => {
+                    if entry.escalated {
+                        actions.push(Action::ClearEscalation { id: id.clone() });
+                        entry.escalated = false;
+                        entry.streak = 0;
+                        tracing::info!(schedule = %id, "escalation lifted: the entry changed");
+                    }
+                    entry.schedule = schedule.clone();
+                    entry.arm(now);
+                    summary.changed += 1;
+                    if !schedule.enabled {
+                        withdraw(&mut entry, now, "disabled", &mut actions);
+                    }
+                    tracing::info!(schedule = %id, next = ?entry.next, "rescheduled");
+                    next_entries.insert(id.clone(), entry);
+                }
+                None => {
+                    let escalated = markers
+                        .get(id)
+                        .is_some_and(|m| m.fingerprint == schedule.fingerprint);
+                    let entry = Entry::new(schedule.clone(), escalated, 0, now);
+                    summary.added += 1;
+                    tracing::info!(schedule = %id, next = ?entry.next, "added");
+                    next_entries.insert(id.clone(), entry);
+                }
+            }
+        }
+        for (id, entry) in &mut self.entries {
+            tracing::info!(schedule = %id, "removed: no more fires; a running cycle finishes");
+            withdraw(entry, now, "removed", &mut actions);
+        }
+        summary.removed = self.entries.len();
+        self.entries = next_entries;
+        (actions, summary)
+    }
+
+    /// `catch_up = true`: the last instant missed while the service was down (the rows say
+    /// when it last fired) runs once, now.
+    pub fn catch_up(&mut self, rows: &[Row], now: DateTime<Utc>) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let ids: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.schedule.catch_up && e.next.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let entry = &self.entries[&id];
+            let last = rows
+                .iter()
+                .filter(|r| r.schedule == id && r.mode == crate::timing::CYCLE_MODE)
+                .filter_map(|r| r.scheduled_at)
+                .max();
+            let Some(last) = last else { continue };
+            let (cron, tz) = (&entry.schedule.cron, entry.schedule.timezone);
+            let missed = cron
+                .next_after(last, tz)
+                .filter(|t| *t <= now)
+                .and_then(|first| latest_at_or_before(cron, tz, now, first));
+            if let Some(instant) = missed {
+                tracing::info!(schedule = %id, scheduled_at = %instant, "catch-up: firing the instant missed while the service was down");
+                self.fire(&id, instant, now, &mut actions);
+            }
+        }
+        actions
+    }
+
+    /// The service stops: nothing new starts; queued fires get `interrupted` rows.
+    pub fn stop(&mut self, now: DateTime<Utc>) -> Vec<Action> {
+        self.stopping = true;
+        let mut actions = Vec::new();
+        for entry in self.entries.values_mut() {
+            if let Some(instant) = entry.queued.take() {
+                actions.push(Action::Row {
+                    schedule: entry.schedule.clone(),
+                    instant: Some(instant),
+                    dispatched_at: now,
+                    status: Status::Interrupted,
+                    note: "not started: the service stopped while it was queued".into(),
+                });
+            }
+        }
+        actions
+    }
+
+    /// A cycle ended during shutdown: only counted.
+    pub fn count_done(&mut self, id: &str) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.running = entry.running.saturating_sub(1);
+        }
+    }
+
+    /// One line for sd_notify `STATUS=`.
+    pub fn status_line(&self) -> String {
+        let armed = self.entries.values().filter(|e| e.next.is_some()).count();
+        let next = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| e.next.map(|t| (t, id)))
+            .min();
+        let mut line = format!("{} schedules ({armed} armed)", self.entries.len());
+        if let Some((at, id)) = next {
+            line.push_str(&format!(
+                "; next {id} at {}",
+                at.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
+        }
+        line
+    }
+}
+
+/// A schedule disabled or removed by a reload: its queued instant gets a `skipped` row and
+/// its fires still waiting do not start.
+fn withdraw(entry: &mut Entry, now: DateTime<Utc>, how: &str, actions: &mut Vec<Action>) {
+    actions.push(Action::Withdraw {
+        id: entry.schedule.id.clone(),
+    });
+    if let Some(instant) = entry.queued.take() {
+        actions.push(Action::Row {
+            schedule: entry.schedule.clone(),
+            instant: Some(instant),
+            dispatched_at: now,
+            status: Status::Skipped,
+            note: format!("not started: the schedule was {how} while it was queued"),
+        });
+    }
+}
+
+/// The latest instant of `cron` at or before `now`, not before `floor`. Searches windows of
+/// growing size back from `now`, so a per-second schedule after a day of downtime costs a
+/// minute's worth of steps, not a day's.
+pub fn latest_at_or_before(
+    cron: &crate::cron::Cron,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+    floor: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    const WINDOWS: [i64; 6] = [
+        60,
+        3_600,
+        86_400,
+        31 * 86_400,
+        366 * 86_400,
+        5 * 366 * 86_400,
+    ];
+    for window in WINDOWS {
+        let start = (now - TimeDelta::seconds(window)).max(floor - TimeDelta::nanoseconds(1));
+        let latest = cron
+            .iter_after(start, tz)
+            .take(100_000)
+            .take_while(|t| *t <= now)
+            .last();
+        if latest.is_some() || start < floor {
+            return latest;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::Cron;
+    use crate::schedule::ScheduleFields;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    /// A schedule from the JSON of its entry, as schedules.json would give it.
+    fn schedule(json: &str) -> Schedule {
+        let fields: ScheduleFields = serde_json::from_str(json).unwrap();
+        let mut s = Schedule::resolve(
+            fields,
+            &ScheduleFields::default(),
+            chrono_tz::UTC,
+            std::path::Path::new("inst"),
+        );
+        s.fingerprint = json.to_string();
+        s
+    }
+
+    fn core(schedules: &[Schedule], now: DateTime<Utc>) -> Core {
+        let (core, actions) = Core::new(schedules, &[], &HashMap::new(), now);
+        assert!(actions.is_empty());
+        core
+    }
+
+    fn starts(actions: &[Action]) -> Vec<DateTime<Utc>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { instant, .. } => Some(*instant),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rows(actions: &[Action]) -> Vec<(Option<DateTime<Utc>>, Status, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Row {
+                    instant,
+                    status,
+                    note,
+                    ..
+                } => Some((*instant, *status, note.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const FAILED: Done = Done {
+        status: Some(Status::Failed),
+        counts_as_failure: true,
+    };
+    const OK: Done = Done {
+        status: Some(Status::Ok),
+        counts_as_failure: false,
+    };
+
+    #[test]
+    fn every_due_instant_is_dispatched_once_and_the_timer_moves_on() {
+        let s =
+            schedule(r#"{"id": "a", "task": "t", "cron": "* * * * * *", "overlap": "parallel"}"#);
+        let mut core = core(&[s], at("2026-11-21T12:00:00.500Z"));
+        assert_eq!(core.next_due(), Some(at("2026-11-21T12:00:01Z")));
+        // A late wake covers three instants: each starts once.
+        let actions = core.dispatch_due(at("2026-11-21T12:00:03.200Z"));
+        assert_eq!(
+            starts(&actions),
+            vec![
+                at("2026-11-21T12:00:01Z"),
+                at("2026-11-21T12:00:02Z"),
+                at("2026-11-21T12:00:03Z")
+            ]
+        );
+        assert_eq!(core.next_due(), Some(at("2026-11-21T12:00:04Z")));
+        assert!(core.dispatch_due(at("2026-11-21T12:00:03.900Z")).is_empty());
+        assert_eq!(core.running(), 3);
+    }
+
+    #[test]
+    fn overlap_skip_writes_a_skipped_row_and_parallel_runs_alongside() {
+        let skip = schedule(r#"{"id": "s", "task": "t", "cron": "* * * * * *"}"#);
+        let par =
+            schedule(r#"{"id": "p", "task": "t", "cron": "* * * * * *", "overlap": "parallel"}"#);
+        let mut core = core(&[skip, par], at("2026-11-21T12:00:00.500Z"));
+        let first = core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        assert_eq!(starts(&first).len(), 2);
+        let second = core.dispatch_due(at("2026-11-21T12:00:02.001Z"));
+        assert_eq!(starts(&second).len(), 1, "parallel starts again");
+        assert_eq!(
+            rows(&second),
+            vec![(
+                Some(at("2026-11-21T12:00:02Z")),
+                Status::Skipped,
+                "overlap skip: the previous cycle still runs".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn overlap_queue_runs_one_fire_after_and_skips_the_rest() {
+        let q = schedule(r#"{"id": "q", "task": "t", "cron": "* * * * * *", "overlap": "queue"}"#);
+        let mut core = core(&[q], at("2026-11-21T12:00:00.500Z"));
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-21T12:00:01.001Z"))).len(),
+            1
+        );
+        assert!(core.dispatch_due(at("2026-11-21T12:00:02.001Z")).is_empty());
+        assert_eq!(
+            core.entry("q").unwrap().queued,
+            Some(at("2026-11-21T12:00:02Z"))
+        );
+        let third = core.dispatch_due(at("2026-11-21T12:00:03.001Z"));
+        assert_eq!(rows(&third)[0].1, Status::Skipped);
+        assert_eq!(
+            rows(&third)[0].2,
+            "overlap queue: a cycle is already queued"
+        );
+        let after = core.on_done("q", OK, at("2026-11-21T12:00:03.500Z"));
+        assert_eq!(starts(&after), vec![at("2026-11-21T12:00:02Z")]);
+        assert!(core.entry("q").unwrap().queued.is_none());
+    }
+
+    #[test]
+    fn escalation_after_max_failures_pauses_and_drops_the_queued_fire() {
+        let q = schedule(
+            r#"{"id": "e", "task": "t", "cron": "* * * * * *", "overlap": "queue", "max_failures": 2}"#,
+        );
+        let mut core = core(&[q], at("2026-11-21T12:00:00.500Z"));
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        assert!(
+            core.on_done("e", FAILED, at("2026-11-21T12:00:01.500Z"))
+                .is_empty()
+        );
+        core.dispatch_due(at("2026-11-21T12:00:02.001Z"));
+        core.dispatch_due(at("2026-11-21T12:00:03.001Z")); // queued behind the running cycle
+        let actions = core.on_done("e", FAILED, at("2026-11-21T12:00:03.500Z"));
+        assert!(
+            starts(&actions).is_empty(),
+            "the queued fire does not start"
+        );
+        assert_eq!(
+            rows(&actions),
+            vec![(
+                Some(at("2026-11-21T12:00:03Z")),
+                Status::Skipped,
+                "not started: the schedule escalated while it was queued".to_string()
+            )]
+        );
+        assert!(matches!(
+            actions.last(),
+            Some(Action::Escalate { failures: 2, .. })
+        ));
+        assert_eq!(core.next_due(), None);
+        assert!(core.dispatch_due(at("2026-11-21T12:00:10Z")).is_empty());
+    }
+
+    #[test]
+    fn a_rate_limited_failure_does_not_count_and_an_ok_resets_the_streak() {
+        let s = schedule(r#"{"id": "r", "task": "t", "cron": "* * * * * *", "max_failures": 2}"#);
+        let mut core = core(&[s], at("2026-11-21T12:00:00.500Z"));
+        let limited = Done {
+            status: Some(Status::Failed),
+            counts_as_failure: false,
+        };
+        for (second, done) in [
+            (1, FAILED),
+            (2, limited),
+            (3, limited),
+            (4, OK),
+            (5, FAILED),
+        ] {
+            core.dispatch_due(at(&format!("2026-11-21T12:00:0{second}.001Z")));
+            let actions = core.on_done("r", done, at(&format!("2026-11-21T12:00:0{second}.5Z")));
+            assert!(actions.is_empty(), "{second}: {actions:?}");
+        }
+        assert_eq!(core.entry("r").unwrap().streak, 1);
+    }
+
+    #[test]
+    fn streaks_start_from_the_rows_and_markers_of_changed_entries_are_cleared() {
+        let a = schedule(r#"{"id": "a", "task": "t"}"#);
+        let b = schedule(r#"{"id": "b", "task": "changed"}"#);
+        let row = |status| Row {
+            scheduled_at: None,
+            started_at: at("2026-11-21T11:00:00Z"),
+            finished_at: at("2026-11-21T11:00:01Z"),
+            duration_ms: 1000,
+            priority: crate::timing::Priority::Schedule,
+            schedule: "a".into(),
+            cycle: "c".into(),
+            mode: "cycle".into(),
+            attempt: 1,
+            status,
+            exit_code: None,
+            cost_usd: None,
+            note: String::new(),
+        };
+        let marker = |fp: &str| Escalation {
+            at: at("2026-11-21T11:00:00Z"),
+            failures: 3,
+            fingerprint: fp.into(),
+        };
+        let markers = HashMap::from([
+            ("a".to_string(), marker(&a.fingerprint)),
+            ("b".to_string(), marker("an older entry")),
+        ]);
+        let (core, actions) = Core::new(
+            &[a, b],
+            &[row(Status::Ok), row(Status::Failed), row(Status::Timeout)],
+            &markers,
+            at("2026-11-21T12:00:00Z"),
+        );
+        assert_eq!(actions, vec![Action::ClearEscalation { id: "b".into() }]);
+        let a = core.entry("a").unwrap();
+        assert!(a.escalated && a.next.is_none());
+        assert_eq!(a.streak, 2);
+        assert!(!core.entry("b").unwrap().escalated);
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_instants_reschedules_changed_and_withdraws_removed() {
+        let now = at("2026-11-21T12:00:00.500Z");
+        let keep = schedule(r#"{"id": "keep", "task": "t", "cron": "0 0 * * * *"}"#);
+        let change =
+            schedule(r#"{"id": "change", "task": "t", "cron": "0 0 * * * *", "overlap": "queue"}"#);
+        let gone =
+            schedule(r#"{"id": "gone", "task": "t", "cron": "* * * * * *", "overlap": "queue"}"#);
+        let mut core = core(&[keep.clone(), change, gone], now);
+        // "gone" runs with a fire queued behind it.
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        core.dispatch_due(at("2026-11-21T12:00:02.001Z"));
+        let changed = schedule(
+            r#"{"id": "change", "task": "t", "cron": "30 * * * * *", "overlap": "queue"}"#,
+        );
+        let added = schedule(r#"{"id": "new", "task": "t", "cron": "0 0 * * * *"}"#);
+        let later = at("2026-11-21T12:00:05Z");
+        let (actions, summary) = core.reload(&[keep, changed, added], &HashMap::new(), later);
+        assert_eq!(
+            summary,
+            Reloaded {
+                added: 1,
+                changed: 1,
+                removed: 1,
+                resumed: 0
+            }
+        );
+        assert!(actions.contains(&Action::Withdraw { id: "gone".into() }));
+        assert_eq!(
+            rows(&actions),
+            vec![(
+                Some(at("2026-11-21T12:00:02Z")),
+                Status::Skipped,
+                "not started: the schedule was removed while it was queued".to_string()
+            )]
+        );
+        assert_eq!(
+            core.entry("keep").unwrap().next,
+            Some(at("2026-11-21T13:00:00Z"))
+        );
+        assert_eq!(
+            core.entry("change").unwrap().next,
+            Some(at("2026-11-21T12:00:30Z"))
+        );
+        assert!(core.entry("gone").is_none());
+    }
+
+    #[test]
+    fn reload_disabling_withdraws_and_a_removed_marker_resumes() {
+        let now = at("2026-11-21T12:00:00.500Z");
+        let s = schedule(r#"{"id": "x", "task": "t", "cron": "* * * * * *", "max_failures": 1}"#);
+        let mut core = core(std::slice::from_ref(&s), now);
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        core.on_done("x", FAILED, at("2026-11-21T12:00:01.5Z"));
+        assert!(core.entry("x").unwrap().escalated);
+        // The same entry, its marker still there: stays paused.
+        let marker = Escalation {
+            at: now,
+            failures: 1,
+            fingerprint: s.fingerprint.clone(),
+        };
+        let markers = HashMap::from([("x".to_string(), marker)]);
+        let (_, summary) = core.reload(
+            std::slice::from_ref(&s),
+            &markers,
+            at("2026-11-21T12:00:02Z"),
+        );
+        assert_eq!(summary.resumed, 0);
+        assert!(core.entry("x").unwrap().next.is_none());
+        // `resume` removed the marker: fires again from now.
+        let (_, summary) = core.reload(&[s], &HashMap::new(), at("2026-11-21T12:00:03.2Z"));
+        assert_eq!(summary.resumed, 1);
+        assert_eq!(
+            core.entry("x").unwrap().next,
+            Some(at("2026-11-21T12:00:04Z"))
+        );
+        // Disabled: withdrawn, not armed.
+        let off = schedule(
+            r#"{"id": "x", "task": "t", "cron": "* * * * * *", "max_failures": 1, "enabled": false}"#,
+        );
+        let (actions, _) = core.reload(&[off], &HashMap::new(), at("2026-11-21T12:00:04Z"));
+        assert!(actions.contains(&Action::Withdraw { id: "x".into() }));
+        assert_eq!(core.next_due(), None);
+    }
+
+    #[test]
+    fn a_clock_step_back_rearms_elapsed_time_schedules_and_fixed_time_ones_wait() {
+        let elapsed = schedule(r#"{"id": "e", "task": "t", "cron": "0 */10 * * * *"}"#);
+        let fixed = schedule(r#"{"id": "f", "task": "t", "cron": "0 30 2 * * *"}"#);
+        let mut core = core(&[elapsed, fixed], at("2026-11-21T12:05:00Z"));
+        assert_eq!(
+            core.entry("e").unwrap().next,
+            Some(at("2026-11-21T12:10:00Z"))
+        );
+        assert_eq!(
+            core.entry("f").unwrap().next,
+            Some(at("2026-11-22T02:30:00Z"))
+        );
+        // One hour back.
+        core.observe_clock(at("2026-11-21T11:05:00Z"));
+        assert_eq!(
+            core.entry("e").unwrap().next,
+            Some(at("2026-11-21T11:10:00Z"))
+        );
+        assert_eq!(
+            core.entry("f").unwrap().next,
+            Some(at("2026-11-22T02:30:00Z"))
+        );
+        // Two days back: beyond three hours, fixed-time schedules re-arm too.
+        core.observe_clock(at("2026-11-19T11:05:00Z"));
+        assert_eq!(
+            core.entry("f").unwrap().next,
+            Some(at("2026-11-20T02:30:00Z"))
+        );
+        // Half a second back is noise.
+        core.observe_clock(at("2026-11-19T11:04:59.500Z"));
+        assert_eq!(
+            core.entry("e").unwrap().next,
+            Some(at("2026-11-19T11:10:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_forward_jump_fires_once_for_the_latest_missed_instant() {
+        let s =
+            schedule(r#"{"id": "m", "task": "t", "cron": "0 * * * * *", "overlap": "parallel"}"#);
+        let mut core = core(&[s], at("2026-11-21T12:00:30Z"));
+        let actions = core.dispatch_due(at("2026-11-21T15:00:10Z"));
+        assert_eq!(starts(&actions), vec![at("2026-11-21T15:00:00Z")]);
+        assert_eq!(core.next_due(), Some(at("2026-11-21T15:01:00Z")));
+    }
+
+    #[test]
+    fn catch_up_fires_the_last_instant_missed_while_down() {
+        let s = schedule(r#"{"id": "c", "task": "t", "cron": "0 0 * * * *", "catch_up": true}"#);
+        let other = schedule(r#"{"id": "o", "task": "t", "cron": "0 0 * * * *"}"#);
+        let mut core = core(&[s, other], at("2026-11-21T15:30:00Z"));
+        let row = |id: &str| Row {
+            scheduled_at: Some(at("2026-11-21T12:00:00Z")),
+            started_at: at("2026-11-21T12:00:00Z"),
+            finished_at: at("2026-11-21T12:00:01Z"),
+            duration_ms: 1000,
+            priority: crate::timing::Priority::Schedule,
+            schedule: id.into(),
+            cycle: "c".into(),
+            mode: "cycle".into(),
+            attempt: 1,
+            status: Status::Ok,
+            exit_code: None,
+            cost_usd: None,
+            note: String::new(),
+        };
+        let actions = core.catch_up(&[row("c"), row("o")], at("2026-11-21T15:30:00Z"));
+        assert_eq!(starts(&actions), vec![at("2026-11-21T15:00:00Z")]);
+    }
+
+    #[test]
+    fn stop_interrupts_queued_fires_and_starts_nothing_more() {
+        let q = schedule(r#"{"id": "q", "task": "t", "cron": "* * * * * *", "overlap": "queue"}"#);
+        let mut core = core(&[q], at("2026-11-21T12:00:00.500Z"));
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        core.dispatch_due(at("2026-11-21T12:00:02.001Z"));
+        let actions = core.stop(at("2026-11-21T12:00:02.5Z"));
+        assert_eq!(rows(&actions)[0].1, Status::Interrupted);
+        assert!(core.dispatch_due(at("2026-11-21T12:00:09Z")).is_empty());
+        assert!(core.on_done("q", OK, at("2026-11-21T12:00:09Z")).is_empty());
+    }
+
+    #[test]
+    fn latest_missed_instant_is_found_without_walking_the_whole_gap() {
+        let every_second = Cron::parse("* * * * * *").unwrap();
+        let now = at("2026-11-21T12:00:00.500Z");
+        let floor = at("2026-11-20T12:00:00Z");
+        assert_eq!(
+            latest_at_or_before(&every_second, chrono_tz::UTC, now, floor),
+            Some(at("2026-11-21T12:00:00Z"))
+        );
+        let hourly = Cron::parse("@hourly").unwrap();
+        assert_eq!(
+            latest_at_or_before(&hourly, chrono_tz::UTC, now, floor),
+            Some(at("2026-11-21T12:00:00Z"))
+        );
+        let yearly = Cron::parse("0 0 1 1 *").unwrap();
+        assert_eq!(
+            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2025-06-01T00:00:00Z")),
+            Some(at("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2026-02-01T00:00:00Z")),
+            None
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! One started fire, as a task on the worker runtime: its jitter, a free slot, the schedule's
+//! lock, then the cycle; and a schedule's `on_escalate` hook.
+//!
+//! Rules: a fire that never starts still gets exactly one cycle row (`interrupted` when the
+//! service stops first, `skipped` when its schedule is withdrawn or the schedule's lock is
+//! held elsewhere); its end always reaches the loop, even when the task panics or is dropped
+//! ([`DoneGuard`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::core::Done;
+use super::run::Ended;
+use crate::cycle::{self, CycleSpec};
+use crate::instance::Instance;
+use crate::lock::{LockError, LockFile};
+use crate::recorder::Recorder;
+use crate::runner::{self, PromptDelivery, RunSpec};
+use crate::schedule::{Overlap, Schedule};
+use crate::timing::Status;
+
+/// How long an `on_escalate` hook may run.
+const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a `queue` fire looks again at a schedule another process holds.
+const BUSY_RECHECK: Duration = Duration::from_millis(200);
+
+/// Sends the fire's end to the loop when dropped, so a task that panics or is cut short still
+/// frees its place in the core's books.
+pub struct DoneGuard {
+    tx: mpsc::UnboundedSender<Ended>,
+    id: String,
+    done: Done,
+}
+
+impl DoneGuard {
+    pub fn new(tx: mpsc::UnboundedSender<Ended>, id: String) -> DoneGuard {
+        DoneGuard {
+            tx,
+            id,
+            done: Done {
+                status: None,
+                counts_as_failure: false,
+            },
+        }
+    }
+
+    fn set(&mut self, status: Status, counts_as_failure: bool) {
+        self.done = Done {
+            status: Some(status),
+            counts_as_failure,
+        };
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Ended {
+            id: std::mem::take(&mut self.id),
+            done: self.done,
+        });
+    }
+}
+
+/// What ends a dispatched fire early.
+pub struct Stops {
+    /// The service stops: fires not started yet are `interrupted`.
+    pub stopping: CancellationToken,
+    /// Running cycles are cut short (shutdown grace over).
+    pub cancel: CancellationToken,
+    /// The schedule was disabled or removed: fires not started yet are `skipped`.
+    pub withdrawn: CancellationToken,
+}
+
+/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
+pub async fn run_fire(
+    spec: CycleSpec,
+    recorder: Recorder,
+    jitter: Duration,
+    slots: Arc<Semaphore>,
+    stops: Stops,
+    mut done: DoneGuard,
+) {
+    let Stops {
+        stopping,
+        cancel,
+        withdrawn,
+    } = stops;
+    let instant = spec.scheduled_at.unwrap_or_else(Utc::now);
+    let dispatched_at = spec.dispatched_at.unwrap_or(instant);
+    let record = |status: Status, note: &str| {
+        recorder.rows_detached(vec![cycle::cycle_row(
+            &spec.schedule,
+            Some(instant),
+            dispatched_at,
+            status,
+            note,
+        )]);
+    };
+    let not_started = |why: &str| {
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "not started: {why}");
+        record(Status::Interrupted, &format!("not started: {why}"));
+    };
+    let skipped = |done: &mut DoneGuard, note: &str| {
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
+        record(Status::Skipped, note);
+        done.set(Status::Skipped, false);
+    };
+    const WITHDRAWN: &str =
+        "not started: the schedule was disabled or removed while the fire waited";
+    if !jitter.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(jitter) => {}
+            () = stopping.cancelled() => return not_started("the service stopped during the jitter"),
+            () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+        }
+    }
+    let _permit = tokio::select! {
+        biased;
+        () = stopping.cancelled() => return not_started("the service stopped while it waited for a slot"),
+        () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+        permit = slots.acquire_owned() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return not_started("the slot pool closed"),
+        },
+    };
+    if stopping.is_cancelled() {
+        return not_started("the service is stopping");
+    }
+    let mut lock = match LockFile::schedule(&spec.inst, &spec.schedule.id) {
+        Ok(lock) => lock,
+        Err(err) => {
+            tracing::error!(schedule = %spec.schedule.id, error = %err, "cannot open the schedule lock");
+            done.set(Status::Failed, false);
+            return;
+        }
+    };
+    let parallel = spec.schedule.overlap == Overlap::Parallel;
+    if spec.schedule.overlap == Overlap::Queue {
+        // Another process (a `run-cycle`) holds the schedule: wait for it, as `queue` says.
+        while lock.probe().is_some() {
+            tokio::select! {
+                () = tokio::time::sleep(BUSY_RECHECK) => {}
+                () = stopping.cancelled() => return not_started("the service stopped while the schedule was busy"),
+                () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+            }
+        }
+    }
+    let held = match lock.try_cycle(parallel) {
+        Ok(held) => held,
+        Err(LockError::Held { pid, .. }) => {
+            let note = format!(
+                "overlap {}: a cycle of this schedule runs in pid {pid}",
+                spec.schedule.overlap
+            );
+            return skipped(&mut done, &note);
+        }
+        Err(err) => {
+            tracing::error!(schedule = %spec.schedule.id, error = %err, "cannot take the schedule lock");
+            done.set(Status::Failed, false);
+            return;
+        }
+    };
+    let id = spec.schedule.id.clone();
+    match cycle::run(spec, &recorder, cancel, |_| {}).await {
+        Ok(outcome) => done.set(outcome.status, outcome.counts_as_failure),
+        Err(err) => {
+            tracing::error!(schedule = %id, error = %err, "cycle failed to record");
+            done.set(Status::Failed, true);
+        }
+    }
+    drop(held);
+}
+
+/// Runs a schedule's `on_escalate` argv once, in its own process group, with a time limit.
+/// Its log is a run folder of its own (`<stamp>-<schedule>~escalate/on_escalate.log`), so
+/// retention removes it with the cycles' runs.
+pub async fn run_on_escalate(
+    inst: Instance,
+    schedule: Schedule,
+    argv: Vec<String>,
+    failures: u32,
+    cancel: CancellationToken,
+) {
+    let Some(argv) = crate::program::resolve_argv(&argv, &schedule.cwd) else {
+        tracing::error!(schedule = %schedule.id, program = %argv[0], "on_escalate: program not found");
+        return;
+    };
+    let run_name = format!("{}~escalate", schedule.id);
+    let run_dir = match crate::runs::create(&inst, &run_name, Utc::now()) {
+        Ok((_, path)) => path,
+        Err(err) => {
+            tracing::error!(schedule = %schedule.id, error = %err, "on_escalate: cannot create its run folder");
+            return;
+        }
+    };
+    let root = inst.canonical();
+    let spec = RunSpec {
+        argv,
+        cwd: schedule.cwd.clone(),
+        env: vec![
+            ("LOOP_SCHEDULE_ID".into(), schedule.id.clone()),
+            ("LOOP_DIR".into(), root.root().display().to_string()),
+            ("LOOP_FAILURES".into(), failures.to_string()),
+        ],
+        prompt: PromptDelivery::None,
+        prompt_text: String::new(),
+        prompt_file: run_dir.join("on_escalate.prompt.md"),
+        timeout: ESCALATE_TIMEOUT,
+        kill_grace: Duration::from_secs(5),
+        log_path: run_dir.join("on_escalate.log"),
+        log_cap: runner::LOG_CAP,
+        record: None,
+    };
+    match runner::run(spec, cancel).await {
+        Ok(outcome) => {
+            tracing::info!(schedule = %schedule.id, status = %outcome.status.as_str(), summary = %outcome.summary, "on_escalate ran")
+        }
+        Err(err) => {
+            tracing::error!(schedule = %schedule.id, error = %err, "on_escalate failed to start")
+        }
+    }
+    crate::runs::finish(&inst, &run_dir);
+}
