@@ -159,6 +159,8 @@ impl MemoryDoc {
         self.entries.len()
     }
 
+    /// Whether a heading names `section`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn has_section(&self, section: Section) -> bool {
         self.headings.iter().any(|h| h.section == Some(section))
     }

@@ -68,6 +68,7 @@ pub use document::{Entry, MemoryDoc, TITLE, initial_text};
 pub use error::MemoryError;
 pub use key::entry_key;
 pub use prune::{MemoryLimits, PruneReport};
+#[cfg(any(test, feature = "testing"))]
 pub use scan::check_line_scan;
 pub use section::Section;
 pub use store::MemoryStore;

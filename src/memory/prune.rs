@@ -78,6 +78,7 @@ pub(super) fn prune_plan(doc: &MemoryDoc, limits: MemoryLimits, force: bool) -> 
 impl MemoryDoc {
     /// What [`MemoryStore::prune`](super::MemoryStore::prune) would do to this document,
     /// without touching a file: the same plan, new text and archive batch, minus the I/O.
+    #[cfg(any(test, feature = "testing"))]
     pub fn prune_dry_run(&self, limits: MemoryLimits, force: bool) -> PruneReport {
         prune_plan(self, limits, force).report
     }

@@ -366,9 +366,10 @@ fn item_text(raw: &str) -> String {
     out
 }
 
-/// For the `memory` fuzz target: `Ok(true)` when the line scan accepts `text` and finds
+/// For the `memory` fuzz target and the tests: `Ok(true)` when the line scan accepts `text` and finds
 /// exactly what pulldown-cmark finds (headings, items, their texts, lines and spans),
 /// `Ok(false)` when it leaves `text` to pulldown-cmark, and both answers otherwise.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn check_line_scan(text: &str) -> Result<bool, String> {
     let Some(lines) = scan_lines(text) else {
@@ -384,6 +385,7 @@ pub fn check_line_scan(text: &str) -> Result<bool, String> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Scanned {
     /// A comparable form: item texts as strings, however each path keeps them.
     fn resolved(&self, text: &str) -> (Vec<Heading>, Vec<ResolvedItem>, usize) {
@@ -404,6 +406,7 @@ impl Scanned {
 }
 
 /// An [`Item`] with its text, to compare the two scans.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, PartialEq, Eq)]
 struct ResolvedItem {
     heading_count: usize,
