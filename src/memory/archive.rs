@@ -104,7 +104,7 @@ impl MemoryDoc {
 }
 
 /// Appends one batch of `count` formatted entries under a `## Pruned` heading, and
-/// fsyncs it (and the directory when the archive is new).
+/// fsyncs it. A new archive starts with its title, and its directory is fsynced too.
 pub(super) fn append_archive(
     path: &Path,
     count: usize,

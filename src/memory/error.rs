@@ -1,5 +1,5 @@
-//! The errors of the memory store. Each names the file and, where the fix is known,
-//! says it.
+//! The errors of the memory store: each says what failed and where (the file, or the
+//! unknown section name), and how to fix it when that is known.
 
 use std::io;
 use std::path::PathBuf;

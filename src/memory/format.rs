@@ -40,9 +40,9 @@ pub(super) fn write_entry(out: &mut String, text: &str) {
 }
 
 /// What a caller hands to `add`, made ready for [`format_entry`]: no surrounding blank
-/// lines, no list marker of its own, and only `\n` line endings: a bare `\r` (which
+/// lines, no `- ` marker of its own, and only `\n` line endings: a bare `\r` (which
 /// markdown reads as a line ending) becomes a continuation line, so it cannot end the
-/// item where the formatting does not expect. `None` for an empty text.
+/// item where the formatting does not expect. `None` for an empty or blank text.
 pub(super) fn clean_entry(text: &str) -> Option<String> {
     let lines: Vec<&str> = split_lines(text).collect();
     let first = lines.iter().position(|l| !l.trim().is_empty())?;

@@ -9,23 +9,26 @@
 //!
 //! Rules this module owns:
 //! - Parsing goes through pulldown-cmark, so a `- line` inside a fenced code block or
-//!   an HTML block is text, not an entry. Section headings match case-insensitively.
-//!   Files made only of headings, bullet items and their indented lines (what this
-//!   module writes) take a line scan instead, which must find exactly what
-//!   pulldown-cmark finds and leaves every other file to it (see `scan::scan_lines`).
+//!   an HTML block is text, not an entry. Section headings match ignoring case, `-`,
+//!   `_` and extra spaces. Files made only of headings, bullet items and their
+//!   indented lines (what this module writes) take a line scan instead, which must find
+//!   exactly what pulldown-cmark finds and leaves every other file to it (see
+//!   `scan::scan_lines`).
 //! - Line endings are CommonMark's (`\n`, `\r\n`, a bare `\r`) wherever a span or a
 //!   line count is computed, so spans agree with the parser's; only [`Entry::line`]
 //!   counts `\n` alone, as `grep -n` does.
 //! - `add` appends list items at the end of their sections (creating missing sections
 //!   in canonical order); a multi-line text becomes `- first` plus lines indented by
 //!   two spaces (a bare `\r` in it starts such a line too). The archive is written the
-//!   same way; a first line of dashes takes `* `, since `- ---` is a thematic break.
-//! - `prune` collapses entries that are identical apart from a leading RFC 3339
-//!   timestamp to the newest copy, then removes the oldest entries (file order is age),
-//!   System Updates before Commands before Implementation Patterns, until the file has
-//!   at most `target_lines` lines. The result is parsed again before it is used: an
-//!   entry whose removal would change how the rest parses (a paragraph turning into a
-//!   setext heading, a list no longer interrupting a paragraph) is kept instead.
+//!   same way. In both files a first line of dashes takes `* `, since `- ---` is a
+//!   thematic break.
+//! - `prune` collapses the entries of a section that are the same apart from a leading
+//!   RFC 3339 timestamp and the spacing of their words to the newest copy, then removes
+//!   the oldest entries (file order is age), System Updates before Commands before
+//!   Implementation Patterns, until the file has at most `target_lines` lines. The
+//!   result is parsed again before it is used: an entry whose removal would change how
+//!   the rest parses (a paragraph turning into a setext heading, a list no longer
+//!   interrupting a paragraph) is kept instead.
 //! - Nothing is lost: every removed entry is appended to the archive and fsynced
 //!   *before* the memory file is replaced (temp file, fsync, rename, directory fsync).
 //!   A crash at any instant leaves each entry in the memory file, the archive, or both.
@@ -34,9 +37,10 @@
 //!   fdatasync, after checking that the file still holds what was read; a crash during
 //!   that write leaves part of the new text, never loses old text.
 //! - Every write holds an exclusive fd-lock on the lock file, and re-reads the memory
-//!   file just before the rename: if someone edited it meanwhile, the update starts
-//!   over from the new content (writers that do not take the lock, such as editors,
-//!   can still race the final rename; the re-check narrows that window to microseconds).
+//!   file just before the rename or the append: if someone edited it meanwhile, the
+//!   update starts over from the new content (writers that do not take the lock, such
+//!   as editors, can still race the final write; the re-check narrows that window to
+//!   microseconds).
 //!
 //! Where things are:
 //! - `section`: the three sections, their titles and their prune order;

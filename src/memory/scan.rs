@@ -12,6 +12,7 @@ use super::lines::{
     through_line_end,
 };
 
+/// A heading outside any container, and the section its title names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Heading {
     pub(super) level: HeadingLevel,
@@ -333,8 +334,8 @@ fn atx_title(rest: &str) -> Option<&str> {
     })
 }
 
-/// The text of a list item without its marker, continuation lines dedented by the
-/// marker's width (lazy continuation lines keep what they have).
+/// The text of a list item without its marker, continuation lines dedented by up to
+/// the marker's width (a lazy continuation line indented less loses the spaces it has).
 fn item_text(raw: &str) -> String {
     let mut lines = split_lines(raw);
     let Some(first) = lines.next() else {
@@ -366,9 +367,10 @@ fn item_text(raw: &str) -> String {
     out
 }
 
-/// For the `memory` fuzz target and the tests: `Ok(true)` when the line scan accepts `text` and finds
-/// exactly what pulldown-cmark finds (headings, items, their texts, lines and spans),
-/// `Ok(false)` when it leaves `text` to pulldown-cmark, and both answers otherwise.
+/// For the `memory` fuzz target and the tests: `Ok(true)` when the line scan accepts
+/// `text` and finds exactly what pulldown-cmark finds (headings, items, their texts,
+/// lines and spans), `Ok(false)` when it leaves `text` to pulldown-cmark, and both
+/// answers otherwise.
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub fn check_line_scan(text: &str) -> Result<bool, String> {

@@ -25,7 +25,8 @@ pub struct MemoryStore {
     memory: PathBuf,
     archive: PathBuf,
     lock: PathBuf,
-    /// Test seam: runs after the temp file is written, before the re-check.
+    /// Test seam: runs just before the re-check, after the temp file (and any archive
+    /// batch) is written, or before an append in place.
     #[cfg(test)]
     before_replace: Option<fn(&Path, usize)>,
 }
@@ -85,7 +86,8 @@ impl MemoryStore {
     }
 
     /// The memory file as it is now; a missing file reads as [`initial_text`]. Readers
-    /// need no lock: writers only ever replace the file by rename.
+    /// need no lock: writers replace the file by rename or append at its end, so a read
+    /// gets the old text whole (during an append, followed by part of the new entries).
     pub fn read(&self) -> Result<MemoryDoc, MemoryError> {
         let text = read_optional(&self.memory)?.unwrap_or_else(initial_text);
         Ok(MemoryDoc::from_text(text))
@@ -128,7 +130,8 @@ impl MemoryStore {
     }
 
     /// Adds entries and prunes if the result is over `max_lines`, in one update (one
-    /// rename). Without a prune the report's two line counts are the file after adding.
+    /// rename, or one append when nothing is pruned and the entries go at the end).
+    /// Without a prune the report's two line counts are the file after adding.
     pub fn add_and_prune(
         &self,
         entries: &[(Section, String)],
@@ -165,9 +168,9 @@ impl MemoryStore {
             })
     }
 
-    /// Read, plan, archive, replace: under the lock, starting over when the memory
-    /// file changed between the read and the replace. `decide` gets the file parsed,
-    /// `None` when there is none.
+    /// Read, plan, then append in place, or archive and replace: under the lock, starting
+    /// over when the memory file changed between the read and the write. `decide` gets
+    /// the file parsed, `None` when there is none.
     fn update(
         &self,
         mut decide: impl for<'d> FnMut(Option<&'d MemoryDoc>) -> Result<Plan<'d>, MemoryError>,
@@ -295,8 +298,9 @@ impl MemoryStore {
     /// Appends `suffix` to the memory file if it still holds exactly `original`: one write
     /// and one fdatasync, where a replacement costs a temp file, its fsync, a rename and a
     /// directory fsync (figure 5 in BENCHMARKS.md: the cycle's System Updates entries go
-    /// at the end of the file). `false`, with the file as it was, when it changed since it
-    /// was read or was replaced while this wrote; the caller starts over. A crash during
+    /// at the end of the file). `false` when it changed since it was read (nothing is
+    /// written) or was replaced while this wrote (the suffix went to the old file); the
+    /// caller starts over. A crash during
     /// the write leaves a part of the suffix: text, never a lost entry of the original.
     fn append_if_unchanged(&self, original: &str, suffix: &str) -> Result<bool, MemoryError> {
         use std::os::unix::fs::MetadataExt;
