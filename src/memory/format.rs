@@ -60,15 +60,12 @@ pub(super) fn clean_entry(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::test_support::keys;
+    use crate::memory::test_support::{SHORT_TEXTS, keys};
     use crate::memory::{MemoryDoc, archived_entries, entry_key};
 
     #[test]
     fn format_entry_shortcut_agrees_with_formatting_line_by_line() {
-        let texts = [
-            "", "---", "-", "a", "a b", "a b c!", " a", "a ", "a  b", "a\tb", "a\nb", "a\rb",
-            "\u{e9}", "a\u{a0}b", "\u{7f}",
-        ];
+        let texts = SHORT_TEXTS;
         let more = [
             "a\n",
             "a\r\n",

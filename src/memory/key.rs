@@ -257,6 +257,7 @@ mod tests {
     use super::*;
     use crate::memory::archived_entries;
     use crate::memory::format::format_entry;
+    use crate::memory::test_support::SHORT_TEXTS;
 
     #[test]
     fn entry_key_ignores_layout_and_round_trips_through_the_archive() {
@@ -273,10 +274,7 @@ mod tests {
 
     #[test]
     fn own_key_shortcuts_agree_with_the_general_code() {
-        let texts = [
-            "", "---", "-", "a", "a b", "a b c!", " a", "a ", "a  b", "a\tb", "a\nb", "a\rb",
-            "\u{e9}", "a\u{a0}b", "\u{7f}",
-        ];
+        let texts = SHORT_TEXTS;
         let is_own_by_definition = |text: &str| {
             text.bytes().all(|b| (b' '..=b'~').contains(&b)) && entry_key(text) == text
         };

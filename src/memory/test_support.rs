@@ -4,6 +4,14 @@ use super::prune::prune_plan;
 use super::store::Plan;
 use super::{MemoryDoc, MemoryLimits, archived_entries, entry_key};
 
+/// Short texts at the edges of the shortcuts that judge or write an entry without the
+/// general code: empty, dashes, spaces at either end or doubled, control characters,
+/// line endings, non-ASCII letters and spaces.
+pub(super) const SHORT_TEXTS: [&str; 15] = [
+    "", "---", "-", "a", "a b", "a b c!", " a", "a ", "a  b", "a\tb", "a\nb", "a\rb", "\u{e9}",
+    "a\u{a0}b", "\u{7f}",
+];
+
 /// The plan of a forced prune of `doc` down to `target_lines`.
 pub(super) fn forced_prune(doc: &MemoryDoc, target_lines: usize) -> Plan<'_> {
     let limits = MemoryLimits {
