@@ -17,6 +17,7 @@ pub mod memory;
 pub mod mode;
 pub mod notify;
 pub mod prompt;
+pub mod protocol;
 pub mod recorder;
 pub mod runner;
 pub mod schedule;
