@@ -19,8 +19,9 @@ use crate::instance::Instance;
 use crate::memory::{MemoryLimits, Section};
 use crate::mode::{IfMissing, Mode, OnFailure, PromptKind};
 use crate::prompt::{self, Handoff, PromptParts};
+use crate::protocol::{AgentResultReader, ProtocolReader};
 use crate::recorder::Recorder;
-use crate::runner::{self, PromptDelivery, RunSpec, RunStatus};
+use crate::runner::{self, LineSink, PromptDelivery, RunSpec, RunStatus};
 use crate::schedule::Schedule;
 use crate::timing::{Priority, Row, Status, sanitize_note};
 use crate::todo::{Todo, TodoItem};
@@ -321,8 +322,11 @@ pub async fn run(
                     },
                 )),
             };
+            let mut protocol = ProtocolReader::default();
+            let mut agent_result = AgentResultReader::default();
+            let sinks: &mut [&mut dyn LineSink] = &mut [&mut protocol, &mut agent_result];
             let (status, note, exit_code, finished_at, memory, handoff, cost_usd) =
-                match runner::run(run_spec, cancel.clone()).await {
+                match runner::run(run_spec, sinks, cancel.clone()).await {
                     Ok(outcome) => {
                         let status = match outcome.status {
                             RunStatus::Ok => Status::Ok,
@@ -332,7 +336,7 @@ pub async fn run(
                             RunStatus::Interrupted => Status::Interrupted,
                         };
                         // The handoff says more about a run than its exit status does.
-                        let note = match outcome.handoff.last() {
+                        let note = match protocol.handoff.last() {
                             Some(h) if status == Status::Ok => {
                                 format!("{}; HANDOFF: {h}", outcome.summary)
                             }
@@ -343,9 +347,9 @@ pub async fn run(
                             note,
                             outcome.exit_code,
                             outcome.finished_at,
-                            outcome.memory,
-                            outcome.handoff,
-                            outcome.cost_usd,
+                            protocol.memory,
+                            protocol.handoff,
+                            agent_result.cost_usd,
                         )
                     }
                     Err(err) => (

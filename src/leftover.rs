@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::instance::Instance;
 use crate::recorder::Recorder;
+use crate::runner::proc::{group_alive, start_time};
 use crate::timing::{Priority, Row, Status, sanitize_note};
 
 /// What a group was doing, for the report and the rows written when it is reaped.
@@ -63,14 +64,6 @@ impl std::fmt::Display for Reaped {
     }
 }
 
-/// Start time of a process in clock ticks since boot, `None` when it does not exist.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses; fields resume after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// This process's start time, read once: every record and `LOOP_SUPERVISOR` names it.
 fn own_start_time() -> Option<u64> {
     static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
@@ -100,29 +93,6 @@ fn alive_as_recorded(pid: i32, start: Option<u64>) -> bool {
         (Some(_), None) => true,
         (None, _) => false,
     }
-}
-
-/// Whether any process of the group still runs (zombies excluded).
-fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .any(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .is_some_and(|stat| {
-                    let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
-                        return false;
-                    };
-                    let mut fields = rest.split_whitespace();
-                    let state = fields.next().unwrap_or("Z");
-                    let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
-                    state != "Z" && state != "X" && group == Some(pgid)
-                })
-        })
 }
 
 /// This process's registration as a supervisor of an instance, removed when the last
@@ -411,14 +381,6 @@ fn write_rows(recorder: &Recorder, record: &PidRecord, was_alive: bool) {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt as _;
-
-    #[test]
-    fn start_time_of_this_process_is_stable() {
-        let me = std::process::id() as i32;
-        let a = start_time(me).unwrap();
-        assert_eq!(Some(a), start_time(me));
-        assert!(start_time(i32::MAX).is_none());
-    }
 
     #[test]
     fn a_live_owner_keeps_its_groups() {

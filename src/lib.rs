@@ -23,6 +23,7 @@ pub mod memory;
 pub mod mode;
 pub mod program;
 pub mod prompt;
+pub mod protocol;
 pub mod recorder;
 pub mod runner;
 pub mod runs;

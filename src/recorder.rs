@@ -35,11 +35,6 @@ pub trait RowSink: Send + 'static {
     fn rows_written(&mut self, rows: &[Row]);
 }
 
-/// The one constructor of an instance's memory store: one memory file, one archive, one lock.
-pub fn memory_store(inst: &Instance) -> MemoryStore {
-    MemoryStore::new(inst.memory(), inst.archive(), inst.memory_lock())
-}
-
 /// Most requests committed together; more wait for the next batch.
 const MAX_BATCH: usize = 4_096;
 
@@ -117,12 +112,12 @@ impl Recorder {
 
     /// The recorder of an instance directory, on a thread of its own, with its sinks.
     pub fn for_instance(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Recorder {
-        Recorder::start(TimingFile::new(inst.timing()), memory_store(inst), sinks)
+        Recorder::start(TimingFile::new(inst.timing()), MemoryStore::of(inst), sinks)
     }
 
     /// The inline recorder of an instance directory.
     pub fn inline_for_instance(inst: &Instance) -> Recorder {
-        Recorder::inline(TimingFile::new(inst.timing()), memory_store(inst))
+        Recorder::inline(TimingFile::new(inst.timing()), MemoryStore::of(inst))
     }
 
     /// Appends rows without an async context (the reaper); returns once they are on disk. On

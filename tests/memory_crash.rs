@@ -134,7 +134,7 @@ fn assert_skeleton_intact(dir: &Path) -> MemoryDoc {
 fn thousand_entries_end_under_target() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("persistent-memory.md"), TEMPLATE).unwrap();
-    let store = MemoryStore::in_dir(dir.path());
+    let store = MemoryStore::of(&loop_orchestrator::instance::Instance::new(dir.path()));
     let limits = MemoryLimits::default();
     let written: Vec<String> = (0..1000).map(|n| entry_text(0, n)).collect();
     let mut batch = Vec::new();

@@ -189,7 +189,7 @@ pub fn figure(size: Size) -> Figure {
             return figure;
         }
     };
-    let store = MemoryStore::in_dir(dir.path());
+    let store = MemoryStore::of(&loop_orchestrator::instance::Instance::new(dir.path()));
     for case in &cases {
         let text = memory_text(case.lines);
         let label = format!("{} lines", case.lines);

@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(by_section, before.entry_count());
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = MemoryStore::in_dir(dir.path());
+    let store = MemoryStore::of(&loop_orchestrator::instance::Instance::new(dir.path()));
     std::fs::write(store.memory_path(), text).expect("write memory file");
     let result = store.prune(LIMITS, true);
     let after_text = std::fs::read_to_string(store.memory_path()).expect("read memory file");

@@ -9,8 +9,7 @@
 use crate::config::Config;
 use crate::exit::Error;
 use crate::instance::Instance;
-use crate::memory::{MemoryDoc, MemoryLimits, PruneReport, Section};
-use crate::recorder::memory_store;
+use crate::memory::{MemoryDoc, MemoryLimits, MemoryStore, PruneReport, Section};
 
 /// The memory file and its size against the limits.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -83,7 +82,7 @@ pub fn section(name: &str) -> Result<Section, Error> {
 /// Adds one entry, pruning when the file passes its limit.
 pub fn add(inst: &Instance, section: Section, text: &str) -> Result<(), Error> {
     let limits = limits(inst).map_err(refused("the entry was not added"))?;
-    memory_store(inst)
+    MemoryStore::of(inst)
         .add_and_prune(&[(section, text.to_string())], limits.into())
         .map(|_| ())
         .map_err(Error::failed)
@@ -104,7 +103,7 @@ pub fn prune(inst: &Instance, target_lines: Option<usize>) -> Result<PruneReport
         },
         (Err(err), None) => return Err(refused("nothing was pruned")(err)),
     };
-    memory_store(inst)
+    MemoryStore::of(inst)
         .prune(limits.into(), true)
         .map_err(Error::failed)
 }

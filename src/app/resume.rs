@@ -38,7 +38,7 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
         "{} [{id}] resumed by `resume`",
         Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
     );
-    if let Err(err) = crate::recorder::memory_store(inst).add(&[(Section::SystemUpdates, entry)]) {
+    if let Err(err) = crate::memory::MemoryStore::of(inst).add(&[(Section::SystemUpdates, entry)]) {
         resumed.warning = Some(format!("memory entry not written: {err}"));
     }
     let service = LockFile::service(inst).ok().and_then(|l| l.probe());

@@ -16,6 +16,8 @@ use super::lines::count_lines;
 use super::prune::{MemoryLimits, PruneReport, prune_plan};
 use super::{MemoryError, Section};
 
+use crate::instance::Instance;
+
 /// How often an update starts over because the file changed under it before giving up.
 const MAX_ATTEMPTS: usize = 5;
 
@@ -58,23 +60,16 @@ impl Plan<'_> {
 }
 
 impl MemoryStore {
-    pub fn new(memory: PathBuf, archive: PathBuf, lock: PathBuf) -> Self {
+    /// The one store of an instance: its memory file, its archive and its one lock
+    /// ([`Instance::memory_lock`]), whoever writes (cycles, `memory add`, `resume`, MCP).
+    pub fn of(inst: &Instance) -> Self {
         MemoryStore {
-            memory,
-            archive,
-            lock,
+            memory: inst.memory(),
+            archive: inst.archive(),
+            lock: inst.memory_lock(),
             #[cfg(test)]
             before_replace: None,
         }
-    }
-
-    /// The store at the instance directory's standard paths (SPEC §1).
-    pub fn in_dir(dir: &Path) -> Self {
-        MemoryStore::new(
-            dir.join("persistent-memory.md"),
-            dir.join("persistent-memory.archive.md"),
-            dir.join(".loop-orchestrator").join("memory.lock"),
-        )
     }
 
     pub fn memory_path(&self) -> &Path {
@@ -479,7 +474,44 @@ mod tests {
     use crate::memory::{archived_entries, entry_key};
 
     fn store(dir: &Path) -> MemoryStore {
-        MemoryStore::in_dir(dir)
+        MemoryStore::of(&Instance::new(dir))
+    }
+
+    /// Two constructors once locked two different files (`.loop-orchestrator/memory.lock`
+    /// and `.loop-orchestrator/locks/memory.lock`), so two writers could both hold "the"
+    /// memory lock. Every writer's store now waits for the instance's one lock.
+    #[test]
+    fn a_write_waits_for_the_instances_one_memory_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        std::fs::create_dir_all(inst.locks_dir()).unwrap();
+        let file = std::fs::File::create(inst.memory_lock()).unwrap();
+        let mut held = fd_lock::RwLock::new(file);
+        let guard = held.write().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let inst = inst.clone();
+            std::thread::spawn(move || {
+                MemoryStore::of(&inst)
+                    .add(&[(Section::Commands, "cargo test".into())])
+                    .unwrap();
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "the write went ahead while another process held the memory lock"
+        );
+        drop(guard);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the write goes ahead once the lock is free");
+        writer.join().unwrap();
+        assert!(
+            std::fs::read_to_string(inst.memory())
+                .unwrap()
+                .contains("- cargo test")
+        );
     }
 
     #[test]
@@ -835,7 +867,7 @@ mod tests {
         fs::write(&stale, "half").unwrap();
         store.add(&[(Section::Commands, "c".into())]).unwrap();
         assert!(!stale.exists());
-        assert!(dir.path().join(".loop-orchestrator/memory.lock").exists());
+        assert!(Instance::new(dir.path()).memory_lock().exists());
     }
 
     #[test]

@@ -215,7 +215,9 @@ pub async fn run_on_escalate(
         log_cap: runner::LOG_CAP,
         record: None,
     };
-    match runner::run(spec, cancel).await {
+    // Read as a mode's output is, so that its status says `blocked` the same way.
+    let mut protocol = crate::protocol::ProtocolReader::default();
+    match runner::run(spec, &mut [&mut protocol], cancel).await {
         Ok(outcome) => {
             tracing::info!(schedule = %schedule.id, status = %outcome.status.as_str(), summary = %outcome.summary, "on_escalate ran")
         }
