@@ -27,8 +27,21 @@ pub enum ReadError {
 }
 
 /// Replaces `path` with `bytes`, atomically and durably (see the module doc). Creates the
-/// parent directory when missing.
+/// parent directory when missing. A new file gets mode 0600 (state is the owner's).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, None)
+}
+
+/// [`write_atomic`] over an existing file, keeping its permission bits (a file people edit,
+/// such as schedules.json, keeps the mode its owner gave it).
+pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    replace(path, bytes, Some(mode))
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -43,6 +56,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .suffix(".tmp")
         .tempfile_in(parent)?;
     tmp.write_all(bytes)?;
+    if let Some(mode) = mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|err| err.error)?;
     sync_dir(parent)

@@ -5,8 +5,9 @@
 //!
 //! # Format
 //! - Tab-separated, `\n`-terminated lines. The first line is exactly [`HEADER`] joined by
-//!   tabs. Cells are encoded and decoded with the `csv` crate, tab delimiter, quoting
-//!   disabled on both sides: a `"` or `\` in a note is written and read back verbatim.
+//!   tabs. Cells are written by hand (see [`encode`]) and read with the `csv` crate, tab
+//!   delimiter, quoting disabled on both sides: a `"` or `\` in a note is written and read
+//!   back verbatim.
 //! - Times are RFC 3339 UTC with milliseconds and a `Z` suffix (`2026-11-21T10:00:03.120Z`);
 //!   finer precision is truncated. `None` is an empty cell (`scheduled_at` of a manual
 //!   run, `exit_code` of a child killed by a signal, unknown `cost_usd`). A non-finite
@@ -16,20 +17,23 @@
 //!   tab or newline can ever reach the file from a cell.
 //!
 //! # Appending
-//! Rows are encoded whole in memory first. Then the file is opened with `O_APPEND`
-//! (created with mode 0644), an exclusive `flock` is taken on it (fd-lock, blocking), and
-//! under that lock:
+//! Rows are encoded whole in memory first. The file is opened once with `O_APPEND`
+//! (created with mode 0644) and the descriptor kept for later appends (reopened when the
+//! path no longer names it: a rotated file); for each append an exclusive `flock` is taken
+//! on it (fd-lock, blocking), and under that lock:
 //! - an empty file gets the header line first, in the same write as the rows, so the
 //!   header is written exactly once, by whoever finds the file empty;
 //! - a non-empty file whose last byte is not `\n` ends in a torn line (a writer crashed
 //!   mid-row); the write is prefixed with `\n` so the torn line stays alone and the new
 //!   rows start on their own lines;
 //! - one `write_all` of the whole buffer, then `fdatasync` (unless
-//!   [`TimingFile::without_sync`]), then the lock is released.
+//!   `TimingFile::without_sync`, for benchmarks), then the lock is released.
 //!
-//! Only the last byte is ever read to append, never the file. Because every append
-//! opens its own descriptor, the `flock` also excludes threads of one process.
-//! Appending blocks: call it from `spawn_blocking` in async code.
+//! Only the last byte is ever read to append, never the file (and not even that when the
+//! file still ends where this process's last write did). The `flock` excludes other
+//! processes; threads of one process share the one descriptor, whose lock is an open file
+//! description's and so does not exclude them: a mutex around the descriptor does.
+//! Appending blocks: call it from a thread of its own (the recorder's) in async code.
 //!
 //! # Reading
 //! Tolerant: reading fails only on I/O, never on content. It takes a shared lock so it
@@ -433,7 +437,9 @@ impl TimingFile {
         }
     }
 
-    /// Skips `fdatasync` after appends. For benchmarks only: a crash may lose rows.
+    /// Skips `fdatasync` after appends. For benchmarks and fuzzing only (the `testing`
+    /// feature): a crash may lose rows.
+    #[cfg(any(test, feature = "testing"))]
     pub fn without_sync(self) -> Self {
         TimingFile {
             sync: false,

@@ -16,6 +16,12 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod edit;
+mod spans;
+
+pub use edit::{Edited, set_enabled};
+use spans::{Seg, Spans};
+
 use crate::duration::HumanDuration;
 use crate::mode::Mode;
 use crate::schedule::{Schedule, ScheduleFields, ZoneField, is_slug};
@@ -514,13 +520,6 @@ pub fn load_modes(dir: &Path) -> (BTreeMap<String, Mode>, Vec<Problem>) {
     (modes, problems)
 }
 
-/// One step of a path into the JSON document.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
 /// Deserializes `value`, turning an error into (path, message, whether the path names a key).
 fn deserialize<'de, T: Deserialize<'de>>(
     value: &'de Value,
@@ -602,78 +601,6 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(at) => message[..at].to_string(),
         None => message.to_string(),
-    }
-}
-
-/// Positions of keys and values in a JSON document, found by walking its syntax tree along a
-/// path when asked: a file of 10,000 schedules asks for about as many positions as it has
-/// entries, so nothing is indexed up front but the line starts.
-struct Spans<'a> {
-    tree: Option<jsonc_parser::ast::Value<'a>>,
-    /// Byte offset where each line starts, for a binary search from offset to line.
-    line_starts: Vec<usize>,
-}
-
-impl<'a> Spans<'a> {
-    fn build(text: &'a str) -> Spans<'a> {
-        let options = jsonc_parser::ParseOptions {
-            allow_comments: false,
-            allow_loose_object_property_names: false,
-            allow_trailing_commas: false,
-            ..Default::default()
-        };
-        let tree = jsonc_parser::parse_to_ast(text, &Default::default(), &options)
-            .ok()
-            .and_then(|r| r.value);
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
-        Spans { tree, line_starts }
-    }
-
-    /// Byte offset of the deepest node along `path` (of its key when `key` and the whole path
-    /// was found, else of its value).
-    fn offset(&self, path: &[Seg], key: bool) -> Option<usize> {
-        use jsonc_parser::ast::Value;
-        use jsonc_parser::common::Ranged;
-        let mut node = self.tree.as_ref()?;
-        let mut found = node.start();
-        for (i, seg) in path.iter().enumerate() {
-            let last = i + 1 == path.len();
-            match (seg, node) {
-                (Seg::Key(k), Value::Object(object)) => {
-                    let Some(prop) = object.properties.iter().find(|p| p.name.as_str() == k) else {
-                        break;
-                    };
-                    found = if last && key {
-                        prop.name.start()
-                    } else {
-                        prop.value.start()
-                    };
-                    node = &prop.value;
-                }
-                (Seg::Index(i), Value::Array(array)) => {
-                    let Some(element) = array.elements.get(*i) else {
-                        break;
-                    };
-                    found = element.start();
-                    node = element;
-                }
-                _ => break,
-            }
-        }
-        Some(found)
-    }
-
-    /// 1-based line and column (in characters) of `path`; see [`Spans::offset`].
-    fn position(&self, text: &str, path: &[Seg], key: bool) -> (usize, usize) {
-        let Some(offset) = self.offset(path, key) else {
-            return (1, 1);
-        };
-        let line = self.line_starts.partition_point(|&start| start <= offset);
-        let start = self.line_starts[line - 1];
-        let column = text.get(start..offset).map_or(1, |s| s.chars().count() + 1);
-        (line, column)
     }
 }
 
