@@ -20,6 +20,7 @@ mod append;
 mod cycle;
 mod fire;
 mod instance;
+mod lateness;
 mod prune;
 mod report;
 mod scale;

@@ -22,8 +22,8 @@ use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::Size;
-use crate::fire::{self, Fire, FireStats};
 use crate::instance;
+use crate::lateness::{self, Fire, FireStats};
 use crate::report::{Figure, Line, Verdict};
 use crate::stats;
 use crate::sys;
@@ -208,8 +208,8 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
     // the instants whose previous cycle still waits), with started_at the dispatch time.
     trivial_instance(&dir, schedules, n.min(FIRE_SLOTS))?;
     let serve = start_ready(&dir, root.path())?;
-    let window = fire::window_from_now(secs);
-    fire::sleep_until_second(window.end, Duration::from_millis(1000));
+    let window = lateness::window_from_now(secs);
+    lateness::sleep_until_second(window.end, Duration::from_millis(1000));
     serve.stop(Duration::from_secs(35))?;
 
     let log = TimingFile::new(dir.join("task_timing.tsv"))
@@ -240,7 +240,7 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
             })
         })
         .collect();
-    Ok(fire::analyse(&fires, n, window))
+    Ok(lateness::analyse(&fires, n, window))
 }
 
 /// Figure 2, ours: `serve` with hourly schedules that do not come due while measured.
@@ -253,7 +253,7 @@ impl IdleServe {
     pub fn start(jobs: usize) -> Result<IdleServe, Unmeasured> {
         let root = sys::tempdir()?;
         let dir = root.path().join("instance");
-        let cron = format!("0 {} * * * *", fire::far_minute());
+        let cron = format!("0 {} * * * *", lateness::far_minute());
         let schedules = (0..jobs)
             .map(|i| json!({ "id": format!("h-{i:02}"), "task": "idle", "cron": cron, "modes": ["noop"] }))
             .collect();
