@@ -312,7 +312,7 @@ pub async fn run(
                 log_cap: runner::LOG_CAP,
                 record: Some((
                     inst.pids_dir(),
-                    crate::leftover::Label {
+                    crate::runner::record::Label {
                         schedule: spec.schedule.id.clone(),
                         cycle: cycle.clone(),
                         mode: mode.slug.clone(),

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::config::Problem;
+use crate::problem::Problem;
 
 /// A process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,8 +62,8 @@ impl Error {
     }
 }
 
-impl From<crate::config::Problems> for Error {
-    fn from(problems: crate::config::Problems) -> Error {
+impl From<crate::problem::Problems> for Error {
+    fn from(problems: crate::problem::Problems) -> Error {
         Error::Problems(problems.0)
     }
 }

@@ -1,9 +1,10 @@
-//! Process groups left behind by a supervisor that died (SIGKILL, OOM, power loss).
+//! Process groups left behind by a supervisor that died (SIGKILL, OOM, power loss): the
+//! reaper.
 //!
 //! Every mode runs in its own process group, which its supervisor kills when the mode ends —
 //! unless the supervisor itself is killed first. So each running group has a pid record in
-//! `.loop-orchestrator/pids/<pgid>.json`, written after spawn and removed once the group is
-//! gone. The next `serve` or `run-cycle` on the directory calls [`reap`]: a record whose owner
+//! `.loop-orchestrator/pids/<pgid>.json` (written by the runner, [`crate::runner::record`]),
+//! removed once the group is gone. The next `serve` or `run-cycle` on the directory calls [`reap`]: a record whose owner
 //! is no longer alive names a leftover group, which is terminated (TERM, then KILL) and
 //! reported, with an `interrupted` row for its mode and cycle.
 //!
@@ -17,33 +18,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::instance::Instance;
 use crate::recorder::Recorder;
-use crate::runner::proc::{group_alive, start_time};
+use crate::runner::proc::{group_alive, running, start_time};
+use crate::runner::record::{PidRecord, alive_as_recorded, supervisor_tag};
 use crate::timing::{Priority, Row, Status, sanitize_note};
-
-/// What a group was doing, for the report and the rows written when it is reaped.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Label {
-    pub schedule: String,
-    pub cycle: String,
-    pub mode: String,
-    pub attempt: u32,
-    pub scheduled_at: Option<DateTime<Utc>>,
-    pub priority: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PidRecord {
-    pub pgid: i32,
-    pub leader_start: Option<u64>,
-    pub owner_pid: u32,
-    pub owner_start: Option<u64>,
-    pub started_at: DateTime<Utc>,
-    pub label: Label,
-}
 
 /// A group found and terminated by [`reap`].
 #[derive(Debug, Clone)]
@@ -61,37 +41,6 @@ impl std::fmt::Display for Reaped {
             "terminated a leftover process group {} of {}/{} (cycle {}), left by pid {} that died",
             r.pgid, r.label.schedule, r.label.mode, r.label.cycle, r.owner_pid
         )
-    }
-}
-
-/// This process's start time, read once: every record and `LOOP_SUPERVISOR` names it.
-fn own_start_time() -> Option<u64> {
-    static START: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    *START.get_or_init(|| start_time(std::process::id() as i32))
-}
-
-/// Writes the record of a group just spawned by this process into `pids_dir` (the instance's
-/// [`Instance::pids_dir`]); returns its path.
-pub fn record(pids_dir: &std::path::Path, pgid: i32, label: Label) -> std::io::Result<PathBuf> {
-    let record = PidRecord {
-        pgid,
-        leader_start: start_time(pgid),
-        owner_pid: std::process::id(),
-        owner_start: own_start_time(),
-        started_at: Utc::now(),
-        label,
-    };
-    let path = pids_dir.join(format!("{pgid}.json"));
-    crate::fsutil::write_json(&path, &record)?;
-    Ok(path)
-}
-
-fn alive_as_recorded(pid: i32, start: Option<u64>) -> bool {
-    match (start_time(pid), start) {
-        (Some(now), Some(then)) => now == then,
-        // Without a recorded start time, a living pid is given the benefit of the doubt.
-        (Some(_), None) => true,
-        (None, _) => false,
     }
 }
 
@@ -143,12 +92,6 @@ pub fn register(inst: &Instance) -> Registration {
     }
 }
 
-/// The value of `LOOP_SUPERVISOR` this process gives its children: `<pid>:<start time>`.
-pub fn supervisor_tag() -> String {
-    let me = std::process::id();
-    format!("{me}:{}", own_start_time().unwrap_or(0))
-}
-
 /// Processes of this instance (`LOOP_DIR`) whose supervisor (`LOOP_SUPERVISOR`) is dead: what
 /// pid records cannot show — a child killed between its spawn and its record, or a descendant
 /// that left its process group. Only processes of this user can be read, which are the only
@@ -190,21 +133,11 @@ fn strays(inst: &Instance) -> Vec<(i32, String)> {
         let (Ok(owner), Ok(start)) = (owner.parse::<i32>(), start.parse::<u64>()) else {
             continue;
         };
-        if !alive_as_recorded(owner, Some(start)) && proc_running(pid) {
+        if !alive_as_recorded(owner, Some(start)) && running(pid) {
             found.push((pid, tag));
         }
     }
     found
-}
-
-fn proc_running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|r| !r.1.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
 }
 
 /// Terminates the groups of dead owners and removes their records. Rows of the interrupted
@@ -297,13 +230,11 @@ pub fn reap(inst: &Instance, recorder: &Recorder) -> Vec<Reaped> {
             let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGTERM);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while strays.iter().any(|(pid, _)| proc_running(*pid))
-            && std::time::Instant::now() < deadline
-        {
+        while strays.iter().any(|(pid, _)| running(*pid)) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         for (pid, tag) in &strays {
-            if proc_running(*pid) {
+            if running(*pid) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
             tracing::warn!(pid, supervisor = %tag, "unrecorded process of a supervisor that died; terminated");
@@ -380,6 +311,7 @@ fn write_rows(recorder: &Recorder, record: &PidRecord, was_alive: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::record::{Label, record};
     use std::os::unix::process::CommandExt as _;
 
     #[test]

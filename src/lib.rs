@@ -21,6 +21,7 @@ pub mod leftover;
 pub mod lock;
 pub mod memory;
 pub mod mode;
+pub mod problem;
 pub mod program;
 pub mod prompt;
 pub mod protocol;

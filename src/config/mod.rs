@@ -7,7 +7,6 @@
 //! `run-cycle` and `serve` all load through [`Config::load`], so they agree.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,43 +29,7 @@ pub const SCHEDULES_FILE: &str = "schedules.json";
 pub const MODES_DIR: &str = "modes";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// One problem found in an instance's files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Path relative to the instance directory, e.g. `schedules.json` or `modes/quality.md`.
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
-
-/// Why a configuration could not be loaded: every problem found, in file order.
-#[derive(Debug, Clone)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problems {}
+pub use crate::problem::{Problem, Problems};
 
 /// Bounds of persistent-memory.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

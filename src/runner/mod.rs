@@ -27,6 +27,7 @@
 mod lines;
 mod log;
 pub mod proc;
+pub mod record;
 mod spawn;
 mod stop;
 mod summary;
@@ -77,7 +78,7 @@ pub struct RunSpec {
     pub log_cap: u64,
     /// Where to keep a pid record of the group while it runs (instance directory and what
     /// the group is doing), so that a later supervisor can reap it if this one dies.
-    pub record: Option<(PathBuf, crate::leftover::Label)>,
+    pub record: Option<(PathBuf, record::Label)>,
 }
 
 /// How a run ended.

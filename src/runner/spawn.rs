@@ -98,7 +98,7 @@ pub(super) fn start(
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| spawn_error(io::Error::other("the child has no process id")))?;
     let record = spec.record.take().and_then(|(dir, label)| {
-        match crate::leftover::record(&dir, pid, label) {
+        match super::record::record(&dir, pid, label) {
             Ok(path) => Some(path),
             Err(error) => {
                 tracing::warn!(pid, %error, "cannot write the pid record; a crash would leave this group unreaped");
@@ -161,7 +161,7 @@ fn command(spec: &RunSpec, program: &str, wants_file: bool) -> Command {
     if spec.record.is_some() {
         // Marks the child and all it starts, so a later supervisor can find them even when
         // this one dies before the pid record is written.
-        cmd.env("LOOP_SUPERVISOR", crate::leftover::supervisor_tag());
+        cmd.env("LOOP_SUPERVISOR", super::record::supervisor_tag());
     }
     if wants_file {
         cmd.env("LOOP_PROMPT_FILE", prompt_file);
