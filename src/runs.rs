@@ -124,6 +124,28 @@ mod tests {
     }
 
     #[test]
+    fn finished_escalation_hook_runs_are_removed_like_cycles() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        let at: DateTime<Utc> = "2026-11-21T10:00:00Z".parse().unwrap();
+        for i in 0..(KEEP_RUNS + 5) {
+            let (_, path) = create(
+                &inst,
+                "s~escalate",
+                at + chrono::TimeDelta::seconds(i as i64),
+            )
+            .unwrap();
+            finish(&inst, &path);
+        }
+        let left = std::fs::read_dir(inst.runs_dir()).unwrap().count();
+        assert_eq!(left, KEEP_RUNS);
+        assert!(
+            !inst.run_dir("20261121T100000.000Z-s~escalate").exists(),
+            "the oldest went"
+        );
+    }
+
+    #[test]
     fn runs_created_in_the_same_millisecond_get_a_counter() {
         let dir = tempfile::tempdir().unwrap();
         let inst = Instance::new(dir.path());

@@ -822,6 +822,32 @@ mod tests {
         }
     }
 
+    /// The one failure rule: `failed`, `timeout` and `blocked` count, a rate limit does
+    /// not (SPEC §8); `ok` and `escalated` end a streak, the rest are neutral.
+    #[test]
+    fn failure_streak_counts_failures_but_not_rate_limits() {
+        let cycle = |status, note: &str| Row {
+            mode: CYCLE_MODE.into(),
+            status,
+            ..row(note)
+        };
+        let rows = [
+            cycle(Status::Failed, "x"),
+            cycle(Status::Ok, "x"),
+            cycle(Status::Failed, "2 modes: 1 ok, 1 failed"),
+            cycle(Status::Failed, "rate limited until 2026-11-21T12:00:00Z"),
+            cycle(Status::Skipped, "overlap skip"),
+            cycle(Status::Timeout, "x"),
+            cycle(Status::Interrupted, "x"),
+            cycle(Status::Blocked, "x"),
+        ];
+        assert_eq!(failure_streak(rows.iter()), 3);
+        assert!(!rows[3].counts_as_failure());
+        assert!(rows[3].status.counts_as_failure());
+        let escalated = [cycle(Status::Failed, "x"), cycle(Status::Escalated, "x")];
+        assert_eq!(failure_streak(escalated.iter()), 0);
+    }
+
     /// The csv writer's encoding of a row, which the hand-written encoder replaced.
     fn csv_encoded(row: &Row) -> Vec<u8> {
         let one_line = |s: &str| -> String { s.chars().map(one_line_char).collect() };

@@ -711,3 +711,68 @@ fn kill_supervisor_mid_mode(inst: &Instance, mode: &str, script: &str) -> Vec<i3
         .map(|p| p.parse().unwrap())
         .collect()
 }
+
+/// The last HANDOFF of a schedule is its next cycle's plan: a handoff file that cannot be
+/// read was once taken for "no handoff" without a word.
+#[test]
+fn an_unreadable_handoff_is_said_in_the_cycle_row() {
+    let inst = one_schedule(&["plan"]);
+    inst.mode(
+        "plan",
+        "[\"sh\", \"-c\", \"echo 'HANDOFF: next: item 2'\"]",
+        "prompt = \"none\"",
+    );
+    let out = inst.run(&["run-cycle"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let handoff = ".loop-orchestrator/handoff/s1.json";
+    let saved: serde_json::Value = serde_json::from_str(&inst.read(handoff)).unwrap();
+    assert_eq!(saved["text"], "next: item 2");
+    assert_eq!(saved["mode"], "plan");
+    // Torn, as a crash between write and rename once left it.
+    inst.write(handoff, "{\"mode\": \"plan\", \"cyc");
+    let out = inst.run(&["run-cycle"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rows = inst.rows();
+    let last = rows.last().unwrap();
+    assert_eq!((last[7].as_str(), last[9].as_str()), ("cycle", "ok"));
+    assert!(
+        last[12].contains("previous handoff unreadable") && last[12].contains("s1.json"),
+        "{}",
+        last[12]
+    );
+    // And the new cycle's handoff replaced it whole.
+    let saved: serde_json::Value = serde_json::from_str(&inst.read(handoff)).unwrap();
+    assert_eq!(saved["text"], "next: item 2");
+}
+
+/// `memory add` prunes with the limits of schedules.json; with that file broken it used the
+/// defaults instead, silently.
+#[test]
+fn memory_add_with_a_broken_schedules_json_refuses_and_writes_nothing() {
+    let inst = one_schedule(&["m"]);
+    inst.mode("m", "[\"true\"]", "");
+    let add = |text: &str| inst.run(&["memory", "add", "--section", "Commands", text]);
+    let out = add("first");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = inst.read("persistent-memory.md");
+    assert!(before.contains("- first"));
+    let schedules = inst.read("schedules.json");
+    inst.write(
+        "schedules.json",
+        &schedules.replace("\"version\": 1,", "\"version\": 1,\n  \"memroy\": {},"),
+    );
+    let out = add("second");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("schedules.json:3:3: unknown field \"memroy\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the entry was not added"), "{stderr}");
+    assert_eq!(inst.read("persistent-memory.md"), before);
+    // A prune to an explicit target needs no limit of the file; without one it refuses too.
+    let out = inst.run(&["memory", "prune"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = inst.run(&["memory", "prune", "--target-lines", "100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

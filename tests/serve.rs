@@ -1016,3 +1016,85 @@ fn fires_waiting_for_a_slot_do_not_start_after_their_schedule_is_disabled() {
         inst.read("task_timing.tsv")
     );
 }
+
+/// `status` (and every poller after it) tested a schedule's lock by taking it: a fire that
+/// came in that moment was recorded `skipped` "a cycle of this schedule runs in pid <the
+/// service's own pid>". The hook widens the probe to 300 ms; a probe that holds nothing
+/// cannot make a fire skip however long it takes.
+#[test]
+fn status_polling_never_makes_a_fire_of_the_service_skip() {
+    let inst = instance(
+        r#"[ { "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["ok"] } ]"#,
+        "",
+    );
+    let serve = Serve::start(&inst, &[]);
+    let started = Instant::now();
+    let mut polls = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let out = inst
+            .command(&["status", "--json"])
+            .env("LOOP_ORCHESTRATOR_TEST_PROBE_DELAY_MS", "300")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        polls += 1;
+    }
+    assert_eq!(serve.stop().0, Some(0));
+    assert!(polls >= 3, "{polls} polls");
+    let rows = cycle_rows(&inst);
+    assert!(rows.len() >= 3, "{} cycle rows", rows.len());
+    let notes: Vec<String> = inst
+        .rows()
+        .into_iter()
+        .filter(|r| r[7] == "cycle" && r[9] != "ok")
+        .map(|r| format!("{} {}", r[9], r[12]))
+        .collect();
+    assert!(notes.is_empty(), "fires that did not run: {notes:?}");
+}
+
+/// `on_escalate` looked its program up on PATH only (modes also find this very binary when
+/// it is not installed), and wrote its log as a loose file in runs/ that retention, which
+/// removes run folders, never removed.
+#[test]
+fn on_escalate_finds_this_binary_off_path_and_logs_in_a_run_folder() {
+    let schedules = r#"[
+    { "id": "x", "task": "t", "cron": "* * * * * *", "modes": ["fail"], "max_failures": 1,
+      "on_escalate": ["loop-orchestrator", "memory", "add", "--section", "Commands", "on_escalate ran"] }
+  ]"#;
+    let inst = instance(schedules, "");
+    // A PATH without this binary's folder (it is not installed in tests).
+    let bin_dir = std::path::Path::new(common::BIN).parent().unwrap();
+    let path: Vec<_> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .filter(|p| p != bin_dir && !p.join("loop-orchestrator").exists())
+        .collect();
+    let path = std::env::join_paths(path).unwrap();
+    let serve = Serve::start(&inst, &[("PATH", path.to_str().unwrap())]);
+    wait_until(
+        Duration::from_secs(10),
+        "on_escalate added its entry",
+        || {
+            inst.read("persistent-memory.md")
+                .contains("- on_escalate ran")
+        },
+    );
+    assert_eq!(serve.stop().0, Some(0));
+    let runs = inst.path().join(".loop-orchestrator/runs");
+    let entries: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    assert!(
+        entries.iter().all(|e| e.file_type().unwrap().is_dir()),
+        "only run folders in runs/: {:?}",
+        entries.iter().map(|e| e.file_name()).collect::<Vec<_>>()
+    );
+    let hook = entries
+        .iter()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-x~escalate"))
+        .expect("a run folder of the hook");
+    assert!(hook.path().join("on_escalate.log").is_file());
+    assert!(
+        hook.path().join(".finished").is_file(),
+        "finished, so retention may remove it"
+    );
+}
