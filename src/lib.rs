@@ -33,3 +33,4 @@ pub mod service;
 pub mod state;
 pub mod timing;
 pub mod todo;
+pub mod zone;

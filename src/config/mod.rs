@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono_tz::Tz;
+use crate::zone::Zone;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -79,7 +79,7 @@ struct FileFields {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dir: PathBuf,
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub memory: MemorySettings,
     pub max_concurrent_cycles: usize,
     pub shutdown_grace: Duration,
@@ -273,7 +273,7 @@ pub fn parse_schedules(
             false,
         );
     }
-    let timezone = file.timezone.map_or(Tz::UTC, |z| z.0);
+    let timezone = file.timezone.map_or(Zone::utc(), |z| z.0);
 
     let mut schedules = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -342,7 +342,7 @@ pub fn parse_schedules(
                 false,
             );
         }
-        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir);
+        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone.clone(), dir);
         // serde_json's maps are sorted, so this text is canonical.
         schedule.fingerprint = format!("{entry}|{defaults_text}|{}", timezone.name());
         let modes_path = if fields.modes.is_some() {
