@@ -5,6 +5,7 @@
 //! The stores (`timing`, `memory`, `todo`) and the runner know nothing of cycles or the service.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod cycle;
