@@ -486,8 +486,10 @@ impl Node {
         let s = &self.shared.settings;
         let trust = self.shared.trust();
         let sent = boot_now();
+        // Waited for up to a lease, so a slow answer is seen (and released) rather than
+        // left to expire: only answers within the trust window are started.
         let rows = match within(
-            trust,
+            s.lease,
             db.claim(
                 &s.node,
                 &self.shared.session,
@@ -1161,7 +1163,9 @@ async fn resend(shared: &Shared, db: &Db) -> Result<(), DbError> {
         }
     }
     .max(floor);
-    let rows = read_rows_since(path, from).await;
+    // The file holds milliseconds, memory held finer: a second of slack, as inserts are
+    // idempotent.
+    let rows = read_rows_since(path, from - chrono::TimeDelta::seconds(1)).await;
     let total = rows.len();
     let mut inserted = 0;
     for chunk in rows.chunks(BATCH) {
