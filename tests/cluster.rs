@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::AbortHandle;
 
+mod common;
+
 const ENV: &str = "LOOP_TEST_POSTGRES";
 const LEASE: Duration = Duration::from_secs(3);
 
@@ -1267,4 +1269,66 @@ async fn connect_errors_never_show_the_password() {
         node.claim(at(0), &[due("s", at(0))]).await,
         Err(ClusterError::Unavailable(_))
     ));
+}
+
+/// The cluster section of schedules.json: problems named by file:line:column, like every
+/// other field, and never the URL's password.
+#[test]
+fn cluster_section_problems_name_file_line_and_column() {
+    let instance = |cluster: &str| {
+        let inst = common::Instance {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        inst.write(
+            "schedules.json",
+            &format!(
+                "{{\n  \"version\": 1,\n  \"cluster\": {cluster},\n  \"schedules\": [\n    {{ \"id\": \"x\", \"task\": \"t\", \"modes\": [\"a\"] }}\n  ]\n}}\n"
+            ),
+        );
+        inst.write("modes/a.md", "+++\ncommand = [\"true\"]\n+++\n# a\n");
+        inst
+    };
+    let column = |inst: &common::Instance, needle: &str| {
+        inst.read("schedules.json")
+            .lines()
+            .nth(2)
+            .unwrap()
+            .find(needle)
+            .unwrap()
+            + 1
+    };
+
+    let unknown = instance(r#"{ "postgres": "postgres://u@h/d", "lese": "30s" }"#);
+    let out = unknown.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    let expected = format!(
+        "schedules.json:3:{}: unknown field \"lese\" (expected one of: postgres, node, lease, retention)",
+        column(&unknown, "\"lese\"")
+    );
+    assert!(
+        common::text(&out).contains(&expected),
+        "{expected}\n{}",
+        common::text(&out)
+    );
+
+    let bad = instance(
+        r#"{ "postgres": "postgres://u:Sup3rSecret@h/d?sslmode=sometimes", "node": "a b", "lease": "1s", "retention": "2h" }"#,
+    );
+    let out = bad.run(&["validate"]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for (needle, message) in [
+        ("\"postgres://", "unknown sslmode \"sometimes\""),
+        ("\"a b\"", "node name \"a b\" is not valid"),
+        ("\"1s\"", "lease 1s is out of range"),
+        ("\"2h\"", "retention 2h is shorter than a day"),
+    ] {
+        let expected = format!("schedules.json:3:{}: {message}", column(&bad, needle));
+        assert!(text.contains(&expected), "{expected}\n{text}");
+    }
+    assert!(!text.contains("Sup3rSecret"), "{text}");
+
+    let good = instance(r#"{ "node": "a", "lease": "30s" }"#);
+    let out = good.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
 }
