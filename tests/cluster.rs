@@ -1332,3 +1332,91 @@ fn cluster_section_problems_name_file_line_and_column() {
     let out = good.run(&["validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
 }
+
+/// TLS through rustls with libpq's `sslmode` meanings, against the server's own certificate
+/// (asked of the server: `SHOW ssl_cert_file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_is_honoured_over_rustls() {
+    let Some(t) = TestDb::new().await else { return };
+    let plain = t.db().await;
+    let setting = |name: &'static str| {
+        let plain = &plain;
+        async move {
+            let rows = plain.query_raw(&format!("SHOW {name}")).await.unwrap();
+            rows[0].get::<_, String>(0)
+        }
+    };
+    if setting("ssl").await != "on" {
+        eprintln!("skipped: the server named by {ENV} does not offer TLS (ssl = off)");
+        return;
+    }
+    let cert = setting("ssl_cert_file").await;
+    if std::fs::read(&cert).is_err() {
+        eprintln!("skipped: the server's certificate {cert} is not readable here");
+        return;
+    }
+    let upstream = t.upstream();
+    let url = |host: &str, query: &str| {
+        PgUrl::parse(&format!(
+            "postgres://postgres@{host}:{}/{}?hostaddr={}&{query}",
+            upstream.port(),
+            t.name,
+            upstream.ip()
+        ))
+        .unwrap()
+    };
+    let encrypted = |db: Db| async move {
+        db.query_raw("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .await
+            .unwrap()[0]
+            .get::<_, bool>(0)
+    };
+    let ip = upstream.ip().to_string();
+    let root = format!("sslrootcert={}", cert.replace('/', "%2F"));
+
+    let db = Db::connect(&url(&ip, "sslmode=disable"), LEASE)
+        .await
+        .unwrap();
+    assert!(!encrypted(db).await, "disable: plain");
+    let db = Db::connect(&url(&ip, "sslmode=require"), LEASE)
+        .await
+        .unwrap();
+    assert!(
+        encrypted(db).await,
+        "require: encrypted, certificate not verified"
+    );
+    let err = Db::connect(&url(&ip, "sslmode=verify-full"), LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "verify-full with the public roots refuses a private certificate: {err}"
+    );
+    // A name the certificate holds, for verify-full (hostaddr connects, the name is only
+    // checked): Debian's generated certificate names the host it was made on.
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = ["localhost", host.trim()]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .find(|n| der.windows(n.len()).any(|w| w == n.as_bytes()));
+    let db = Db::connect(&url(&ip, &format!("sslmode=verify-ca&{root}")), LEASE).await;
+    match db {
+        Ok(db) => assert!(encrypted(db).await, "verify-ca: the chain, not the name"),
+        Err(err) => panic!("verify-ca with the server's own certificate as root: {err}"),
+    }
+    let err = Db::connect(&url(&ip, &format!("sslmode=verify-full&{root}")), LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "verify-full checks the name ({ip} is not in the certificate): {err}"
+    );
+    if let Some(name) = name {
+        let db = Db::connect(&url(name, &format!("sslmode=verify-full&{root}")), LEASE)
+            .await
+            .unwrap();
+        assert!(encrypted(db).await, "verify-full: chain and name");
+    }
+}

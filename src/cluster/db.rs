@@ -352,7 +352,7 @@ impl Db {
         let (mut client, connection) = tokio::time::timeout(third * 2, config.connect(tls))
             .await
             .map_err(|_| connect_error(format!("no answer within {third:?}")))?
-            .map_err(|err| connect_error(err.to_string()))?;
+            .map_err(|err| connect_error(chain(&err)))?;
         let connection = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "cluster: connection ended");
@@ -1097,6 +1097,22 @@ fn secs(s: f64) -> Duration {
 /// Cut to whole milliseconds, the TSV's precision.
 fn to_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(t)
+}
+
+/// An error and its sources: tokio-postgres says "error performing TLS handshake" and keeps
+/// the why (an unknown issuer, a name mismatch) in the source.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = inner.source();
+    }
+    text
 }
 
 /// PostgreSQL refuses NUL in `text`.
