@@ -239,8 +239,6 @@ struct Shared {
     hot: watch::Sender<Option<Arc<Db>>>,
     state: Mutex<State>,
     events: mpsc::UnboundedSender<Event>,
-    /// The dispatch connection failed a request: the link task replaces it.
-    broken: Notify,
     wake_worker: Notify,
     wake_watchdog: Notify,
     /// One flush of the outbox at a time.
@@ -273,6 +271,37 @@ impl Shared {
 
     fn set_link(&self, link: Link) {
         self.state().link = link;
+    }
+
+    /// A request failed on the dispatch connection `db`: it is dropped if still current, so
+    /// claims are refused at once and the link task connects anew.
+    fn connection_failed(&self, db: &Arc<Db>, error: String) {
+        let dropped = self.hot.send_if_modified(|hot| {
+            let current = hot.as_ref().is_some_and(|h| Arc::ptr_eq(h, db));
+            if current {
+                *hot = None;
+            }
+            current
+        });
+        if dropped {
+            self.went_down(error);
+        }
+    }
+
+    /// Reports the database out of reach, once per outage.
+    fn went_down(&self, error: String) {
+        let mut state = self.state();
+        if let Link::Down { error: last, .. } = &mut state.link {
+            *last = error;
+            return;
+        }
+        state.link = Link::Down {
+            since: Utc::now(),
+            error: error.clone(),
+        };
+        drop(state);
+        tracing::warn!(url = %self.settings.url, %error, "cluster: database out of reach; claiming nothing");
+        self.emit(Event::Down { error });
     }
 
     /// Fences whose claims this node still answers for: held, or waiting to be released.
@@ -357,7 +386,6 @@ impl Node {
             session,
             hot: watch::Sender::new(None),
             events,
-            broken: Notify::new(),
             wake_worker: Notify::new(),
             wake_watchdog: Notify::new(),
             flushing: tokio::sync::Mutex::new(()),
@@ -388,23 +416,13 @@ impl Node {
                 }
                 Err(err @ DbError::SchemaTooNew { .. }) => return Err(err.into()),
                 Err(err) => {
-                    shared.set_link(Link::Down {
-                        since: Utc::now(),
-                        error: err.to_string(),
-                    });
+                    shared.went_down(err.to_string());
                     None
                 }
             },
             Err(err @ DbError::SchemaTooNew { .. }) => return Err(err.into()),
             Err(err) => {
-                tracing::warn!(url = %s.url, error = %err, "cluster: database out of reach at start; claiming nothing until it answers");
-                shared.set_link(Link::Down {
-                    since: Utc::now(),
-                    error: err.to_string(),
-                });
-                shared.emit(Event::Down {
-                    error: err.to_string(),
-                });
+                shared.went_down(err.to_string());
                 None
             }
         };
@@ -455,11 +473,11 @@ impl Node {
         F: Future<Output = Result<T, DbError>>,
     {
         let db = self.hot()?;
-        match within(self.shared.lease() / 3, op(db)).await {
+        match within(self.shared.lease() / 3, op(db.clone())).await {
             Ok(value) => Ok(value),
             Err(err) => {
                 if err.is_connection() {
-                    self.shared.broken.notify_one();
+                    self.shared.connection_failed(&db, err.to_string());
                 }
                 Err(err.into())
             }
@@ -505,7 +523,7 @@ impl Node {
                 // Whether the insert committed is unknown: such claims are nobody's, so they
                 // expire and a takeover pass settles them.
                 if err.is_connection() {
-                    self.shared.broken.notify_one();
+                    self.shared.connection_failed(&db, err.to_string());
                 }
                 return Err(err.into());
             }
@@ -551,7 +569,8 @@ impl Node {
         })
     }
 
-    /// The claim's cycle ended with `status`: queued, sent by the worker.
+    /// The claim's cycle ended with `status`: queued, sent by the worker. Not for a claim
+    /// reported in [`Event::LeaseLost`]: that one is no longer this node's to end.
     pub fn finish(&self, fence: i64, status: Status) {
         let mut state = self.shared.state();
         state.held.remove(&fence);
@@ -666,7 +685,7 @@ impl Node {
         let db = self.hot()?;
         flush(&self.shared, &db).await.map_err(|err| {
             if err.is_connection() {
-                self.shared.broken.notify_one();
+                self.shared.connection_failed(&db, err.to_string());
             }
             err.into()
         })
@@ -748,10 +767,10 @@ impl Backoff {
 async fn link_task(shared: Arc<Shared>) {
     let s = &shared.settings;
     let mut backoff = Backoff::new(s.lease);
-    let mut down_reported = matches!(shared.state().link, Link::Down { .. });
     let mut next_beat = tokio::time::Instant::now() + s.lease / 3;
+    let mut hot = shared.hot.subscribe();
     loop {
-        let current = shared.hot.borrow().clone();
+        let current = hot.borrow_and_update().clone();
         let Some(db) = current else {
             // Disconnected (or refused): wait, then connect and register.
             tokio::select! {
@@ -763,7 +782,11 @@ async fn link_task(shared: Arc<Shared>) {
                 let registered = shared.register(&db).await?;
                 Ok::<_, DbError>((db, registered))
             };
-            match attempt.await {
+            let outcome = tokio::select! {
+                _ = shared.cancel.cancelled() => return,
+                outcome = attempt => outcome,
+            };
+            match outcome {
                 Ok((db, Registered::Ok { .. })) => {
                     tracing::info!(node = %s.node, url = %s.url, "cluster: connected and registered");
                     shared.set_link(Link::Up { since: Utc::now() });
@@ -771,15 +794,14 @@ async fn link_task(shared: Arc<Shared>) {
                     shared.emit(Event::Up);
                     shared.wake_worker.notify_one();
                     backoff.reset();
-                    down_reported = false;
                     next_beat = tokio::time::Instant::now();
                 }
                 Ok((_, Registered::Taken { instance_id, .. })) => {
-                    tracing::error!(node = %s.node, %instance_id, "cluster: node name held by another live instance");
                     let refused = Link::Refused {
                         instance_id: instance_id.clone(),
                     };
                     if shared.state().link != refused {
+                        tracing::error!(node = %s.node, %instance_id, "cluster: node name held by another live instance; claiming nothing");
                         shared.set_link(refused);
                         shared.emit(Event::Refused { instance_id });
                     }
@@ -791,58 +813,29 @@ async fn link_task(shared: Arc<Shared>) {
                     });
                     return;
                 }
-                Err(err) => {
-                    if !down_reported {
-                        tracing::warn!(url = %s.url, error = %err, "cluster: database unreachable; claiming nothing");
-                        shared.set_link(Link::Down {
-                            since: Utc::now(),
-                            error: err.to_string(),
-                        });
-                        shared.emit(Event::Down {
-                            error: err.to_string(),
-                        });
-                        down_reported = true;
-                    } else if let Link::Down { error, .. } = &mut shared.state().link {
-                        *error = err.to_string();
-                    }
-                }
+                Err(err) => shared.went_down(err.to_string()),
             }
             continue;
         };
         tokio::select! {
             _ = shared.cancel.cancelled() => return,
-            _ = shared.broken.notified() => {
-                drop_link(&shared, "a request failed on the connection".into(), &mut down_reported);
-                continue;
-            }
+            // Dropped by a failed request elsewhere.
+            _ = hot.changed() => continue,
             _ = tokio::time::sleep_until(next_beat) => {}
         }
         if db.is_closed() {
-            drop_link(&shared, "connection closed".into(), &mut down_reported);
+            shared.connection_failed(&db, "connection closed".into());
             continue;
         }
         match beat(&shared, &db).await {
             Ok(()) => next_beat = tokio::time::Instant::now() + s.lease / 3,
-            Err(err) if err.is_connection() => {
-                drop_link(&shared, err.to_string(), &mut down_reported);
-            }
+            Err(err) if err.is_connection() => shared.connection_failed(&db, err.to_string()),
             Err(err) => {
                 tracing::warn!(error = %err, "cluster: heartbeat failed; retrying");
                 next_beat = tokio::time::Instant::now() + s.lease / 15;
             }
         }
     }
-}
-
-fn drop_link(shared: &Shared, error: String, down_reported: &mut bool) {
-    tracing::warn!(url = %shared.settings.url, %error, "cluster: lost the database; claiming nothing");
-    shared.hot.send_replace(None);
-    shared.set_link(Link::Down {
-        since: Utc::now(),
-        error: error.clone(),
-    });
-    shared.emit(Event::Down { error });
-    *down_reported = true;
 }
 
 /// One heartbeat: renews every held lease, learns which were lost.
@@ -905,6 +898,7 @@ async fn beat(shared: &Shared, db: &Db) -> Result<(), DbError> {
             }
             Registered::Taken { instance_id, .. } => {
                 shared.hot.send_replace(None);
+                tracing::error!(node = %s.node, %instance_id, "cluster: node name taken over by another instance; claiming nothing");
                 shared.set_link(Link::Refused {
                     instance_id: instance_id.clone(),
                 });
