@@ -1420,3 +1420,33 @@ async fn sslmode_is_honoured_over_rustls() {
         assert!(encrypted(db).await, "verify-full: chain and name");
     }
 }
+
+/// Nodes that say the same about schedules hash the same, whatever their cluster sections.
+#[test]
+fn the_schedules_hash_ignores_the_cluster_section() {
+    let load = |cluster: &str, cron: &str| {
+        let inst = common::Instance {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        inst.write(
+            "schedules.json",
+            &format!(
+                "{{ \"version\": 1, {cluster} \"schedules\": [ {{ \"id\": \"x\", \"task\": \"t\", \"modes\": [\"a\"], \"cron\": \"{cron}\" }} ] }}"
+            ),
+        );
+        inst.write("modes/a.md", "+++\ncommand = [\"true\"]\n+++\n# a\n");
+        let config = loop_orchestrator::config::Config::load(inst.path()).unwrap();
+        loop_orchestrator::cluster::schedules_hash(&config)
+    };
+    let a = load(r#""cluster": { "node": "a" },"#, "0 * * * *");
+    let b = load(
+        r#""cluster": { "node": "b", "lease": "45s" },"#,
+        "0 * * * *",
+    );
+    let plain = load("", "0 * * * *");
+    let other = load(r#""cluster": { "node": "a" },"#, "5 * * * *");
+    assert_eq!(a, b);
+    assert_eq!(a, plain);
+    assert_ne!(a, other);
+    assert_eq!(a.len(), 32);
+}

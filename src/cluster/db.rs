@@ -91,6 +91,8 @@ pub struct Due {
 pub struct Rules {
     /// Another node runs a cycle of this schedule (its name): `overlap` applies.
     pub running_on: Option<String>,
+    /// In force only while its fingerprint is this node's for the schedule: a changed
+    /// entry lifts an escalation (SPEC §7, "until the file changes").
     pub escalation: Option<Escalation>,
     /// A rate-limit pause in force.
     pub paused: Option<Pause>,

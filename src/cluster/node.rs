@@ -98,7 +98,8 @@ pub enum Event {
 pub enum LostReason {
     /// Not renewed before its deadline (the database unreachable or too slow).
     NotRenewed,
-    /// The database no longer has it as this node's: taken over, or the node fenced out.
+    /// Refused by the database: taken over by a survivor, its lease already ended, or the
+    /// node's name taken by another instance.
     Fenced,
 }
 
@@ -875,7 +876,10 @@ async fn beat(shared: &Shared, db: &Db) -> Result<(), DbError> {
                     held.deadline = sent + shared.trust();
                 }
             } else if let Some(held) = state.held.remove(fence) {
-                // Finished meanwhile: not in `held` any more, so not lost.
+                // (Finished meanwhile: not in `held` any more, so not lost.) Released too: a
+                // lease that ran out unrenewed is still `running` until someone acts, and
+                // this node, which stops the cycle and writes its rows, is the one to.
+                state.outbox.releases.push(*fence);
                 lost.push(held.key);
             }
         }
