@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod cycle;

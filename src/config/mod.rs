@@ -69,6 +69,8 @@ struct FileFields {
     memory: Option<MemorySettings>,
     max_concurrent_cycles: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    #[serde(default)]
+    cluster: Option<crate::cluster::ClusterConfig>,
     /// Required and known here; its entries are read one by one from the document (by
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
@@ -85,6 +87,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub schedules: Vec<Schedule>,
     pub modes: BTreeMap<String, Mode>,
+    /// SPEC §11; `None`: files only.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -274,6 +278,13 @@ pub fn parse_schedules(
         );
     }
     let timezone = file.timezone.map_or(Zone::utc(), |z| z.0);
+    for (field, message) in file.cluster.iter().flat_map(|c| c.check()) {
+        report(
+            vec![Seg::Key("cluster".into()), Seg::Key(field.into())],
+            message,
+            false,
+        );
+    }
 
     let mut schedules = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -420,6 +431,7 @@ pub fn parse_schedules(
         shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         schedules,
         modes: modes.clone(),
+        cluster: file.cluster,
     })
 }
 
