@@ -6,11 +6,13 @@
 # ~/.cache/loop-orchestrator-tests. A root is keyed by a hash of everything that shapes it
 # (suite, variant, package list, layout), so changing the list builds a new one; it is
 # built in a temporary folder and renamed into place when complete, under a lock, so an
-# interrupted or concurrent build never leaves a half root behind. Roots of other keys are
-# removed once a new one is complete. Callers copy the root before booting it.
+# interrupted or concurrent build never leaves a half root behind. Roots of the same suite
+# and other keys are removed once a new one is complete. Callers copy the root before booting it.
 set -euo pipefail
 
-suite=bookworm
+# Debian 12 (systemd 252), the oldest systemd the units are written for. Another suite
+# (trixie: systemd 257) checks a newer one: LOOP_TEST_DEBIAN_SUITE=trixie.
+suite=${LOOP_TEST_DEBIAN_SUITE:-bookworm}
 mirror=${LOOP_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # systemd-sysv: /sbin/init; dbus: systemd-analyze security asks the manager over D-Bus;
 # procps: /bin/kill (the unit's ExecReload=, a dependency of the package) and pgrep.
@@ -39,7 +41,7 @@ if [ ! -x "$root/sbin/init" ]; then
     rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
     mv "$tmp" "$root"
     rm -f "$tmp.log"
-    for old in "$cache"/debian-*; do
+    for old in "$cache/debian-$suite"-*; do
         [ "$old" = "$root" ] || rm -rf "$old"
     done
 fi

@@ -11,6 +11,7 @@
 #
 # Needs root, systemd-nspawn (systemd-container) and debootstrap.
 set -euo pipefail
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin # debootstrap, systemd-nspawn
 
 binary=$(realpath "$1")
 deb=$2
@@ -65,11 +66,13 @@ EOF
         ;;
     esac
     # --keep-unit and --register=no: no machined, no scope of its own, so no systemd is
-    # needed on the host. --private-network: the checks need no network.
+    # needed on the host. --machine: unique, so that two runs at once do not share the
+    # name's runtime folder. --private-network: the checks need no network.
     # --console=pipe: no terminal here (CI); the checks report through /results.
     local started=$SECONDS
     timeout -k 15 "$boot_limit" systemd-nspawn --quiet --register=no --keep-unit \
-        --console=pipe --private-network --bind="$results:/results" -D "$root" -b \
+        --machine="loop-test-$part-$$" --console=pipe --private-network \
+        --bind="$results:/results" -D "$root" -b \
         </dev/null >"$results/$part.console" 2>&1 || echo "systemd-nspawn ($part) exited $?" >&2
     echo "# boot $part: $((SECONDS - started)) s" >>"$results/$part.tap"
 }
