@@ -47,7 +47,6 @@ rows() {
         'NR > 1 && $6 == s && $8 == m && (st == "" || $10 == st)' "${4:-$dir}/task_timing.tsv" 2>/dev/null | wc -l
 }
 more_rows() { [ "$(rows "$1" "$2" "$3")" -gt "$4" ]; }
-as_loop() { runuser -u loop -- "$@"; }
 
 mode() { # mode SLUG ARGV(toml) [EXTRA]
     mkdir -p "$dir/modes"
