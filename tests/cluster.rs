@@ -883,7 +883,7 @@ async fn a_terminated_backend_is_replaced_and_claims_go_on() {
 async fn rows_dropped_past_the_outbox_bound_are_resent_from_the_tsv() {
     let Some(t) = TestDb::new().await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let tsv = TimingFile::new(dir.path().join("task_timing.tsv")).without_sync();
+    let tsv = TimingFile::new(dir.path().join("task_timing.tsv"));
     // Written by an earlier process that never sent them.
     let start = Utc::now() - TimeDelta::minutes(5);
     let earlier: Vec<Row> = (0..3)
