@@ -47,6 +47,12 @@ pub struct CycleSpec {
     pub dispatched_at: Option<DateTime<Utc>>,
     /// Said first in the cycle row's note (e.g. the jitter applied).
     pub note: Option<String>,
+    /// The cycle id, when it was chosen before the cycle (a cluster claim carries it, so a
+    /// survivor can name the cycle); `None`: the run folder's name.
+    pub cycle: Option<String>,
+    /// Which run of its instant this is, the cycle row's `attempt`: 1, or 2 when a cluster
+    /// node runs again an instant whose first run was interrupted (SPEC §11).
+    pub attempt: u32,
 }
 
 /// What a cycle reports as it goes, for progress output.
@@ -109,13 +115,14 @@ pub async fn run(
     // Absolute, so LOOP_DIR and the files it names mean the same from any working directory.
     let inst = spec.inst.canonical();
     let dir = inst.root().to_path_buf();
-    let (cycle, run_dir) =
-        crate::runs::create(&inst, &spec.schedule.id, started).map_err(|source| {
-            CycleError::Io {
-                path: inst.runs_dir(),
-                source,
-            }
-        })?;
+    let created = match &spec.cycle {
+        Some(id) => crate::runs::create_named(&inst, id).map(|(_, path)| (id.clone(), path)),
+        None => crate::runs::create(&inst, &spec.schedule.id, started),
+    };
+    let (cycle, run_dir) = created.map_err(|source| CycleError::Io {
+        path: inst.runs_dir(),
+        source,
+    })?;
     let limits = MemoryLimits {
         max_lines: spec.memory.max_lines,
         target_lines: spec.memory.target_lines,
@@ -460,7 +467,15 @@ pub async fn run(
         note.push_str(extra);
     }
     let mut cycle_row = row(
-        &spec, &cycle, "cycle", 1, status, started, finished, None, &note,
+        &spec,
+        &cycle,
+        "cycle",
+        spec.attempt.max(1),
+        status,
+        started,
+        finished,
+        None,
+        &note,
     );
     cycle_row.cost_usd = cycle_cost;
     let counts_as_failure = cycle_row.counts_as_failure();

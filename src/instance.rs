@@ -19,7 +19,8 @@
 //!   runs/<cycle>/<mode>.log      a cycle's logs and prompt files; `.finished` once done
 //!   handoff/<id>.json            the last HANDOFF of a schedule's previous cycle
 //!   escalated/<id>.json          a paused schedule
-//!   service.json                 the running service: pid, last reload
+//!   service.json                 the running service: pid, last reload, cluster link
+//!   instance-id                  a random id naming this instance to a cluster
 //!   pids/<pgid>.json             a running mode's process group
 //!   supervisors/<pid>:<start>    a live supervisor (left behind only by one that died)
 //! ```
@@ -137,6 +138,11 @@ impl Instance {
 
     pub fn service_state(&self) -> PathBuf {
         self.state_dir().join("service.json")
+    }
+
+    /// The instance's id in a cluster: made once, kept across restarts (SPEC §11).
+    pub fn instance_id(&self) -> PathBuf {
+        self.state_dir().join("instance-id")
     }
 
     pub fn pids_dir(&self) -> PathBuf {

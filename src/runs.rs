@@ -31,12 +31,18 @@ pub fn create(
     name: &str,
     started: DateTime<Utc>,
 ) -> std::io::Result<(String, PathBuf)> {
+    create_named(inst, &format!("{}-{name}", stamp(started)))
+}
+
+/// Creates a new run folder named `base` (with a counter when taken); returns its name and
+/// path. A cluster names a cycle before it runs (its claim carries the id), so the folder
+/// takes the name it is given.
+pub fn create_named(inst: &Instance, base: &str) -> std::io::Result<(String, PathBuf)> {
     let runs = inst.runs_dir();
     std::fs::create_dir_all(&runs)?;
-    let base = format!("{}-{name}", stamp(started));
     for n in 1.. {
         let run = if n == 1 {
-            base.clone()
+            base.to_string()
         } else {
             format!("{base}-{n}")
         };

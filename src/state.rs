@@ -1,5 +1,5 @@
 //! What cycles and the service leave for other processes in `.loop-orchestrator/`:
-//! `service.json` (the running service's pid and last reload), `escalated/<id>.json` (a paused
+//! `service.json` (the running service's pid, last reload and cluster link), `escalated/<id>.json` (a paused
 //! schedule) and `handoff/<id>.json` (the last HANDOFF of a schedule's previous cycle).
 //!
 //! Every file is written with [`crate::fsutil::write_atomic`], so a reader never sees half a
@@ -21,6 +21,24 @@ pub struct ServiceState {
     pub pid: u32,
     pub started_at: DateTime<Utc>,
     pub reload: Option<ReloadResult>,
+    /// The link to the cluster's database, when the service is a cluster node (as of its
+    /// last change).
+    #[serde(default)]
+    pub cluster: Option<ClusterLink>,
+}
+
+/// A cluster node's link to the database, for `status` (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterLink {
+    pub node: String,
+    /// The database's URL, its password never shown.
+    pub url: String,
+    /// `connecting`, `up`, `down` (claiming nothing) or `refused` (the node name is taken).
+    pub state: String,
+    /// Since when the link is in this state.
+    pub since: Option<DateTime<Utc>>,
+    /// Why it is down or refused.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -300,6 +300,8 @@ pub async fn run(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             }),
+            cycle: None,
+            attempt: 1,
         };
         let id = schedule.id.as_str();
         let result = cycle::run(spec, &recorder, cancel.clone(), |event| {

@@ -449,6 +449,10 @@ impl Node {
         &self.shared.settings.node
     }
 
+    pub fn lease(&self) -> Duration {
+        self.shared.settings.lease
+    }
+
     /// This process's session id (the `session` column of its claims).
     pub fn session(&self) -> &str {
         &self.shared.session

@@ -4,7 +4,8 @@
 //! Rules: argv never passes through a shell; the only substitution is a whole element
 //! equal to [`PROMPT_FILE_PLACEHOLDER`]. The child leads its own process group and is
 //! guarded from the moment it exists: if the run is dropped, the group is killed. The
-//! supervisor's systemd channels ([`SERVICE_ONLY_ENV`]) never reach it.
+//! supervisor's systemd channels and the cluster's database URL ([`SERVICE_ONLY_ENV`]) never
+//! reach it.
 
 use std::ffi::OsStr;
 use std::io;
@@ -20,13 +21,15 @@ use tokio::task::JoinHandle;
 use super::stop::GroupGuard;
 use super::{RunError, RunSpec};
 
-/// Environment of the supervisor that its children never inherit.
-pub const SERVICE_ONLY_ENV: [&str; 5] = [
+/// Environment of the supervisor that its children never inherit: systemd's channels, and
+/// the cluster's database URL (it may carry a password; SPEC §11).
+pub const SERVICE_ONLY_ENV: [&str; 6] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "LISTEN_FDS",
     "LISTEN_PID",
+    crate::cluster::settings::POSTGRES_ENV,
 ];
 /// The one argv element that is replaced (whole) by the prompt file's path.
 pub const PROMPT_FILE_PLACEHOLDER: &str = "{prompt_file}";

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
+use crate::cluster::Rules;
 use crate::schedule::{Overlap, Schedule};
 use crate::state::Escalation;
 use crate::timing::{Row, Status, failure_streak};
@@ -426,6 +427,23 @@ impl Core {
     /// `catch_up = true`: the last instant missed while the service was down (the rows say
     /// when it last fired) runs once, now.
     pub fn catch_up(&mut self, rows: &[Row], now: DateTime<Utc>) -> Vec<Action> {
+        let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
+        for row in rows.iter().filter(|r| r.mode == crate::timing::CYCLE_MODE) {
+            if let Some(at) = row.scheduled_at {
+                let slot = last.entry(row.schedule.clone()).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+        }
+        self.catch_up_from(&last, now)
+    }
+
+    /// `catch_up` from the last instant each schedule fired for (from the rows, or in a
+    /// cluster from the claims too): the latest instant missed since runs once, now.
+    pub fn catch_up_from(
+        &mut self,
+        last: &HashMap<String, DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
         let ids: Vec<String> = self
             .entries
@@ -435,12 +453,7 @@ impl Core {
             .collect();
         for id in ids {
             let entry = &self.entries[&id];
-            let last = rows
-                .iter()
-                .filter(|r| r.schedule == id && r.mode == crate::timing::CYCLE_MODE)
-                .filter_map(|r| r.scheduled_at)
-                .max();
-            let Some(last) = last else { continue };
+            let Some(&last) = last.get(&id) else { continue };
             let (cron, tz) = (&entry.schedule.cron, &entry.schedule.timezone);
             let missed = cron
                 .next_after(last, tz)
@@ -495,6 +508,173 @@ impl Core {
             ));
         }
         line
+    }
+}
+
+/// What a cluster sync of escalations changed (see [`Core::cluster_escalations`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EscalationSync {
+    pub actions: Vec<Action>,
+    /// Schedules paused here because they escalated on another node.
+    pub paused: Vec<String>,
+    /// Schedules resumed here because their escalation was lifted on some node.
+    pub resumed: Vec<String>,
+}
+
+/// The cluster's share of the core (SPEC §11): escalations held cluster-wide and instants a
+/// survivor retries. Kept apart so the single-node rules above read on their own.
+impl Core {
+    /// Escalations in force cluster-wide (schedule → the fingerprint of the entry that
+    /// escalated). A schedule escalated elsewhere with this node's entry pauses here; a
+    /// schedule paused here whose escalation is gone from the cluster (`resume` on any node)
+    /// fires again from now. An escalation of another entry does not apply (the entry
+    /// changed, which lifts it).
+    pub fn cluster_escalations(
+        &mut self,
+        escalated: &HashMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> EscalationSync {
+        let mut sync = EscalationSync::default();
+        let ids: Vec<String> = self.entries.keys().cloned().collect();
+        for id in ids {
+            let entry = &self.entries[&id];
+            let applies = escalated
+                .get(&id)
+                .is_some_and(|fp| *fp == entry.schedule.fingerprint);
+            if applies && !entry.escalated {
+                self.pause_escalated_elsewhere(&id, now, &mut sync.actions);
+                sync.paused.push(id);
+            } else if !applies && entry.escalated {
+                let entry = self.entries.get_mut(&id).expect("listed above");
+                entry.escalated = false;
+                entry.streak = 0;
+                entry.arm(now);
+                tracing::info!(schedule = %id, "resumed: the escalation was lifted in the cluster");
+                sync.actions
+                    .push(Action::ClearEscalation { id: id.clone() });
+                sync.resumed.push(id);
+            }
+        }
+        sync
+    }
+
+    /// A claim's rules said `id` escalated on another node with this node's entry: pause it
+    /// here too. Returns false when it already was.
+    pub fn escalated_elsewhere(
+        &mut self,
+        id: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+    ) -> (bool, Vec<Action>) {
+        let mut actions = Vec::new();
+        let applies = self
+            .entries
+            .get(id)
+            .is_some_and(|e| !e.escalated && e.schedule.fingerprint == fingerprint);
+        if applies {
+            self.pause_escalated_elsewhere(id, now, &mut actions);
+        }
+        (applies, actions)
+    }
+
+    fn pause_escalated_elsewhere(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        entry.escalated = true;
+        entry.next = None;
+        entry.streak = 0;
+        if let Some(instant) = entry.queued.take() {
+            actions.push(Action::Row {
+                schedule: entry.schedule.clone(),
+                instant: Some(instant),
+                dispatched_at: now,
+                status: Status::Skipped,
+                note: "not started: the schedule escalated on another node while it was queued"
+                    .into(),
+            });
+        }
+        tracing::warn!(schedule = %id, "escalated on another node: paused here too until its entry changes or `resume {id}` on any node");
+    }
+
+    /// A survivor claimed an instant again after a takeover (`catch_up`): the retry counts as
+    /// a running cycle of the schedule. `None` (nothing counted) when the schedule is not
+    /// this node's to fire now: unknown here, disabled, escalated, or the service stopping.
+    pub fn start_retry(&mut self, id: &str) -> Option<Schedule> {
+        if self.stopping {
+            return None;
+        }
+        let entry = self.entries.get_mut(id)?;
+        if !entry.schedule.enabled || entry.escalated {
+            return None;
+        }
+        entry.running += 1;
+        Some(entry.schedule.clone())
+    }
+}
+
+/// What a claim this node won means for its fire, from the cluster-wide rules its round trip
+/// read (SPEC §11). Pure, as the core is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimVerdict {
+    Run,
+    /// `overlap = "queue"` while a cycle of the schedule runs on `node`: wait for it to end,
+    /// then run.
+    WaitFor {
+        node: String,
+    },
+    /// The cycle does not run: a `skipped` cycle row with this note.
+    Skip {
+        note: String,
+    },
+    /// Escalated on `node` with this node's entry: a `skipped` row, and the schedule pauses
+    /// here too ([`Core::escalated_elsewhere`]).
+    Escalated {
+        node: String,
+        fingerprint: String,
+        note: String,
+    },
+}
+
+pub fn claim_verdict(schedule: &Schedule, rules: &Rules) -> ClaimVerdict {
+    if let Some(e) = &rules.escalation
+        && e.fingerprint == schedule.fingerprint
+    {
+        return ClaimVerdict::Escalated {
+            node: e.node.clone(),
+            fingerprint: e.fingerprint.clone(),
+            note: format!(
+                "not started: escalated on node {} ({} consecutive failed cycles); paused until its entry changes or `resume {}`",
+                e.node, e.failures, schedule.id
+            ),
+        };
+    }
+    // HOOK (rate-limit pauses and daily budgets, SPEC §8): `rules.paused` is a pause some
+    // node set that is still in force (the claim compared `until` with the database's
+    // clock); `rules.cost_since` is the cost spent since `Due::cost_since` on every node,
+    // answered only when the claim asked for it (a schedule with a budget). When the core
+    // gains its own pause and budget state, this is where the cluster's answer joins it.
+    if let Some(p) = &rules.paused {
+        return ClaimVerdict::Skip {
+            note: format!(
+                "paused until {} by node {}: {}",
+                p.until.to_rfc3339_opts(SecondsFormat::Secs, true),
+                p.node,
+                p.reason
+            ),
+        };
+    }
+    match (&rules.running_on, schedule.overlap) {
+        (Some(node), Overlap::Skip) => ClaimVerdict::Skip {
+            note: format!("overlap skip: the previous cycle still runs on node {node}"),
+        },
+        (Some(node), Overlap::Queue) => ClaimVerdict::WaitFor { node: node.clone() },
+        _ => ClaimVerdict::Run,
     }
 }
 

@@ -4,7 +4,9 @@
 //! Rules: a fire that never starts still gets exactly one cycle row (`interrupted` when the
 //! service stops first, `skipped` when its schedule is withdrawn or the schedule's lock is
 //! held elsewhere); its end always reaches the loop, even when the task panics or is dropped
-//! ([`DoneGuard`]).
+//! ([`DoneGuard`]). In a cluster a fire runs only on a claim this node won: the guard also
+//! ends the claim ([`ClaimHold::end`]), a lost lease stops the cycle like a shutdown does,
+//! and `overlap = "queue"` waits for a cycle of the schedule running on another node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{ClaimHold, ClaimedFire};
 use super::core::Done;
 use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
@@ -27,6 +30,9 @@ use crate::timing::Status;
 const ESCALATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a `queue` fire looks again at a schedule another process holds.
 const BUSY_RECHECK: Duration = Duration::from_millis(200);
+/// How often a `queue` fire asks the cluster again whether another node still runs the
+/// schedule (one small query each time).
+const ELSEWHERE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Sends the fire's end to the loop when dropped, so a task that panics or is cut short still
 /// frees its place in the core's books.
@@ -34,6 +40,8 @@ pub struct DoneGuard {
     tx: mpsc::UnboundedSender<Ended>,
     id: String,
     done: Done,
+    /// The cluster claim the fire runs on, ended with the fire's status.
+    claim: Option<ClaimHold>,
 }
 
 impl DoneGuard {
@@ -45,10 +53,15 @@ impl DoneGuard {
                 status: None,
                 counts_as_failure: false,
             },
+            claim: None,
         }
     }
 
-    fn set(&mut self, status: Status, counts_as_failure: bool) {
+    pub fn hold(&mut self, claim: ClaimHold) {
+        self.claim = Some(claim);
+    }
+
+    pub(super) fn set(&mut self, status: Status, counts_as_failure: bool) {
         self.done = Done {
             status: Some(status),
             counts_as_failure,
@@ -58,6 +71,9 @@ impl DoneGuard {
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            claim.end(self.done.status);
+        }
         let _ = self.tx.send(Ended {
             id: std::mem::take(&mut self.id),
             done: self.done,
@@ -75,34 +91,58 @@ pub struct Stops {
     pub withdrawn: CancellationToken,
 }
 
-/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
-pub async fn run_fire(
-    spec: CycleSpec,
-    recorder: Recorder,
-    jitter: Duration,
-    slots: Arc<Semaphore>,
-    stops: Stops,
-    mut done: DoneGuard,
-) {
+/// A dispatched fire, ready to run.
+pub struct Fire {
+    pub spec: CycleSpec,
+    pub recorder: Recorder,
+    pub jitter: Duration,
+    pub slots: Arc<Semaphore>,
+    pub stops: Stops,
+    pub done: DoneGuard,
+}
+
+/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle. `claim`:
+/// the cluster claim it runs on (the caller judged its rules already).
+pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
+    let Fire {
+        spec,
+        recorder,
+        jitter,
+        slots,
+        stops,
+        mut done,
+    } = fire;
     let Stops {
         stopping,
         cancel,
         withdrawn,
     } = stops;
+    // A claim's lease lost stops its cycle (and a wait before it) as a shutdown would.
+    let (cancel, lost, wait_for) = match claim {
+        Some(ClaimedFire { hold, wait_for }) => {
+            let token = hold.cancel_token();
+            let node = hold.node().clone();
+            done.hold(hold);
+            (token.clone(), token, wait_for.map(|other| (node, other)))
+        }
+        None => (cancel, CancellationToken::new(), None),
+    };
     let instant = spec.scheduled_at.unwrap_or_else(Utc::now);
     let dispatched_at = spec.dispatched_at.unwrap_or(instant);
+    let cycle_id = spec.cycle.clone();
+    let attempt = spec.attempt.max(1);
     let record = |status: Status, note: &str| {
-        recorder.rows_detached(vec![cycle::cycle_row(
-            &spec.schedule,
-            Some(instant),
-            dispatched_at,
-            status,
-            note,
-        )]);
+        let mut row = cycle::cycle_row(&spec.schedule, Some(instant), dispatched_at, status, note);
+        if let Some(id) = &cycle_id {
+            row.cycle = id.clone();
+        }
+        row.attempt = attempt;
+        recorder.rows_detached(vec![row]);
     };
-    let not_started = |why: &str| {
+    let not_started = |done: &mut DoneGuard, why: &str| {
         tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "not started: {why}");
         record(Status::Interrupted, &format!("not started: {why}"));
+        done.set(Status::Interrupted, false);
     };
     let skipped = |done: &mut DoneGuard, note: &str| {
         tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, "skipped: {note}");
@@ -111,24 +151,50 @@ pub async fn run_fire(
     };
     const WITHDRAWN: &str =
         "not started: the schedule was disabled or removed while the fire waited";
+    const LOST: &str = "the cluster lease of its claim was lost";
     if !jitter.is_zero() {
         tokio::select! {
-            () = tokio::time::sleep(jitter) => {}
-            () = stopping.cancelled() => return not_started("the service stopped during the jitter"),
+            biased;
+            () = stopping.cancelled() => return not_started(&mut done, "the service stopped during the jitter"),
+            () = lost.cancelled() => return not_started(&mut done, LOST),
             () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+            () = tokio::time::sleep(jitter) => {}
         }
     }
     let _permit = tokio::select! {
         biased;
-        () = stopping.cancelled() => return not_started("the service stopped while it waited for a slot"),
+        () = stopping.cancelled() => return not_started(&mut done, "the service stopped while it waited for a slot"),
+        () = lost.cancelled() => return not_started(&mut done, LOST),
         () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
         permit = slots.acquire_owned() => match permit {
             Ok(permit) => permit,
-            Err(_) => return not_started("the slot pool closed"),
+            Err(_) => return not_started(&mut done, "the slot pool closed"),
         },
     };
     if stopping.is_cancelled() {
-        return not_started("the service is stopping");
+        return not_started(&mut done, "the service is stopping");
+    }
+    if let Some((node, mut other)) = wait_for {
+        // `queue` across nodes: the claim is held (and renewed) while another node's cycle of
+        // the schedule runs; a database that does not answer keeps the fire waiting, and the
+        // claim's lease decides.
+        tracing::info!(schedule = %spec.schedule.id, scheduled_at = %instant, node = %other, "queued behind the cycle running on another node");
+        loop {
+            tokio::select! {
+                biased;
+                () = stopping.cancelled() => return not_started(&mut done, &format!("the service stopped while node {other} ran the schedule")),
+                () = lost.cancelled() => return not_started(&mut done, LOST),
+                () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+                () = tokio::time::sleep(ELSEWHERE_RECHECK) => {}
+            }
+            match node.running_elsewhere(&spec.schedule.id).await {
+                Ok(None) => break,
+                Ok(Some(name)) => other = name,
+                Err(err) => {
+                    tracing::debug!(schedule = %spec.schedule.id, error = %err, "cannot ask the cluster; still waiting")
+                }
+            }
+        }
     }
     let mut lock = match LockFile::schedule(&spec.inst, &spec.schedule.id) {
         Ok(lock) => lock,
@@ -143,9 +209,11 @@ pub async fn run_fire(
         // Another process (a `run-cycle`) holds the schedule: wait for it, as `queue` says.
         while lock.probe().is_some() {
             tokio::select! {
-                () = tokio::time::sleep(BUSY_RECHECK) => {}
-                () = stopping.cancelled() => return not_started("the service stopped while the schedule was busy"),
+                biased;
+                () = stopping.cancelled() => return not_started(&mut done, "the service stopped while the schedule was busy"),
+                () = lost.cancelled() => return not_started(&mut done, LOST),
                 () = withdrawn.cancelled() => return skipped(&mut done, WITHDRAWN),
+                () = tokio::time::sleep(BUSY_RECHECK) => {}
             }
         }
     }

@@ -7,12 +7,15 @@
 //!   cycle ends, watchdog) and performs the core's actions; shutdown.
 //! - [`fire`]: one started fire, on the worker runtime (jitter, slot, lock, cycle) and the
 //!   `on_escalate` hook.
+//! - [`cluster`]: a cluster node's side (SPEC §11): claims before fires, lost leases,
+//!   takeovers, escalations across nodes, rows mirrored to the database.
 //! - [`timer`], [`watch`], [`notify`]: the deadline timer, the directory watcher, sd_notify.
 //!
 //! Rules kept here: one service per directory (the service lock is held for the whole run);
 //! nothing starts before the configuration validates; leftover process groups of a
 //! supervisor that died are reaped before the first fire.
 
+pub mod cluster;
 pub mod core;
 mod fire;
 pub mod notify;
@@ -68,11 +71,6 @@ pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code,
     };
     // Nothing starts before the configuration validates; main prints every problem.
     let config = Config::load(inst.root())?;
-    let recorder = Recorder::for_instance(&inst, sinks);
-    let _registration = crate::leftover::register(&inst);
-    for reaped in crate::leftover::reap(&inst, &recorder) {
-        eprintln!("serve: {reaped}");
-    }
     // The loop runs on this thread, on a runtime of its own that drives only its timer,
     // signals, watcher and channels; cycles run on the worker runtime. Sharing one runtime,
     // the timer's readiness waited behind the workers' queue of cycle tasks (busy workers
@@ -80,6 +78,24 @@ pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code,
     // schedules a second, against ~1 ms on a thread the cycles cannot delay.
     let workers = worker_runtime()
         .map_err(|err| Error::Failed(format!("serve: cannot start the workers: {err}")))?;
+    // A cluster node starts before anything is written, so every row reaches its table; a
+    // database out of reach does not stop the start (the node claims nothing until it is
+    // back), a node name held by another live instance does.
+    let mut sinks = sinks;
+    let node = match cluster::settings(&inst, &config)? {
+        Some(settings) => {
+            tracing::info!(node = %settings.node, url = %settings.url, lease = ?settings.lease, "cluster: starting the node");
+            let started = cluster::start_node(settings, workers.handle())?;
+            sinks.push(Box::new(cluster::MirrorSink(started.0.clone())));
+            Some(started)
+        }
+        None => None,
+    };
+    let recorder = Recorder::for_instance(&inst, sinks);
+    let _registration = crate::leftover::register(&inst);
+    for reaped in crate::leftover::reap(&inst, &recorder) {
+        eprintln!("serve: {reaped}");
+    }
     let loop_rt = single_thread_runtime().map_err(|err| {
         Error::Failed(format!(
             "serve: cannot start the scheduler's runtime: {err}"
@@ -87,7 +103,7 @@ pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code,
     })?;
     let handle = workers.handle().clone();
     let result = loop_rt.block_on(async move {
-        let service = run::Service::new(inst, config, recorder, handle)
+        let service = run::Service::new(inst, config, recorder, handle, node)
             .map_err(|err| Error::Failed(format!("serve: {err}")))?;
         service.run().await
     });

@@ -9,21 +9,29 @@
 //! Shutdown (SPEC §7): no new fires; running cycles get `shutdown_grace`, then their modes
 //! are terminated (TERM, then KILL after `kill_grace`) and recorded `interrupted`. A second
 //! SIGINT kills every running mode at once.
+//!
+//! In a cluster (SPEC §11) the loop also listens to the node's events and the cluster's
+//! notes ([`super::cluster`]): starts and instant rows go through claims, a lost lease stops
+//! its cycle, a takeover writes the dead node's `interrupted` row and runs its `catch_up`
+//! retry, escalations follow the cluster's, and on stop the node releases what it holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::{self, Claimer, EscalateRequest, Note, Pending, Registry};
 use super::core::{Action, Core, Done};
-use super::fire::{self, DoneGuard, Stops};
+use super::fire::{self, DoneGuard, Fire, Stops};
 use super::notify::{self, Notifier};
 use super::timer::{Wake, WallTimer};
 use super::watch::Watcher;
+use crate::cluster::{Event, Link, Node, Takeover};
 use crate::config::{Config, Problems};
 use crate::cycle::CycleSpec;
 use crate::duration::short;
@@ -33,7 +41,7 @@ use crate::memory::{MemoryLimits, Section};
 use crate::recorder::Recorder;
 use crate::schedule::Schedule;
 use crate::state::{self, Escalation, ReloadResult, ServiceState};
-use crate::timing::{Priority, Status, TimingFile};
+use crate::timing::{Priority, Row, Status, TimingFile};
 
 /// How long the watcher waits for a burst of file events to end before reloading.
 const RELOAD_BATCH: Duration = Duration::from_millis(100);
@@ -69,7 +77,31 @@ pub struct Service {
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadResult>,
     last_trim: std::time::Instant,
+    /// The cluster node's side, when schedules.json has a `cluster` section.
+    cluster: Option<ClusterSide>,
 }
+
+/// What the loop keeps of a cluster node.
+struct ClusterSide {
+    claimer: Claimer,
+    events: mpsc::UnboundedReceiver<Event>,
+    notes: mpsc::UnboundedReceiver<Note>,
+    notes_tx: mpsc::UnboundedSender<Note>,
+    escalate: mpsc::UnboundedSender<EscalateRequest>,
+    /// Escalations asked for so far; a read of the cluster's older than this is stale.
+    generation: u64,
+    /// Claim tasks and other short cluster work, awaited before the node stops.
+    tasks: JoinSet<()>,
+    /// Ends the escalation sync.
+    sync_cancel: CancellationToken,
+    /// `catch_up` runs at the next read of the last claims (after start, after an outage).
+    catch_up_pending: bool,
+    /// The link as last written to service.json.
+    link: Option<crate::state::ClusterLink>,
+}
+
+/// A node just started, with its events, for [`Service::new`].
+pub type StartedNode = (Node, mpsc::UnboundedReceiver<Event>);
 
 enum Step {
     Stop(&'static str),
@@ -77,6 +109,8 @@ enum Step {
     Ended(Ended),
     Due(std::io::Result<Wake>),
     Watchdog,
+    Cluster(Event),
+    Note(Note),
 }
 
 impl Service {
@@ -85,12 +119,47 @@ impl Service {
         config: Config,
         recorder: Recorder,
         workers: tokio::runtime::Handle,
+        node: Option<StartedNode>,
     ) -> std::io::Result<Service> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let now = Utc::now();
         let rows = rows_of(&inst);
         let markers = markers(&inst, &config.schedules);
         let (core, actions) = Core::new(&config.schedules, &rows, &markers, now);
+        let stopping = CancellationToken::new();
+        let cancel = CancellationToken::new();
+        let cluster = node.map(|(node, events)| {
+            let (notes_tx, notes) = mpsc::unbounded_channel();
+            let (escalate, requests) = mpsc::unbounded_channel();
+            let sync_cancel = CancellationToken::new();
+            let every = (node.lease() / 3).min(Duration::from_secs(5));
+            workers.spawn(cluster::escalation_sync(
+                node.clone(),
+                requests,
+                notes_tx.clone(),
+                every,
+                sync_cancel.clone(),
+            ));
+            ClusterSide {
+                claimer: Claimer {
+                    node,
+                    registry: Registry::default(),
+                    recorder: recorder.clone(),
+                    notes: notes_tx.clone(),
+                    stopping: stopping.clone(),
+                    cancel: cancel.clone(),
+                },
+                events,
+                notes,
+                notes_tx,
+                escalate,
+                generation: 0,
+                tasks: JoinSet::new(),
+                sync_cancel,
+                catch_up_pending: true,
+                link: None,
+            }
+        });
         let mut service = Service {
             recorder,
             slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
@@ -102,12 +171,13 @@ impl Service {
             done_tx,
             done_rx,
             timer: WallTimer::new()?,
-            stopping: CancellationToken::new(),
-            cancel: CancellationToken::new(),
+            stopping,
+            cancel,
             notifier: Notifier::from_env(),
             started_at: now,
             last_reload: None,
             last_trim: std::time::Instant::now(),
+            cluster,
         };
         service.perform(actions);
         Ok(service)
@@ -135,8 +205,14 @@ impl Service {
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3_600)));
         self.write_state();
         tracing::info!(dir = %self.inst.root().display(), schedules = self.core.entries().count(), "serving");
-        let actions = self.core.catch_up(&rows_of(&self.inst), Utc::now());
-        self.perform(actions);
+        if self.cluster.is_some() {
+            // In a cluster, `catch_up` also reads the claims (every node's instants): once
+            // the node is connected.
+            self.cluster_link_changed();
+        } else {
+            let actions = self.core.catch_up(&rows_of(&self.inst), Utc::now());
+            self.perform(actions);
+        }
         self.notify(self.notifier.ready(&self.status_line()));
 
         let signal_name = loop {
@@ -152,6 +228,7 @@ impl Service {
                 Some(ended) = self.done_rx.recv() => Step::Ended(ended),
                 wake = self.timer.wait(), if due.is_some() => Step::Due(wake),
                 _ = watchdog_tick.tick(), if watchdog.is_some() => Step::Watchdog,
+                step = from_cluster(&mut self.cluster) => step,
             };
             self.core.observe_clock(Utc::now());
             let a_cycle_ended = matches!(step, Step::Ended(_));
@@ -177,6 +254,8 @@ impl Service {
                     }
                 }
                 Step::Watchdog => self.notify(self.notifier.watchdog()),
+                Step::Cluster(event) => self.cluster_event(event),
+                Step::Note(note) => self.cluster_note(note),
             }
             // Also when the last running cycle has ended: an idle service gives back what
             // its busiest moment needed.
@@ -189,28 +268,44 @@ impl Service {
         self.shutdown(signal_name, &mut int).await
     }
 
-    /// Does what the core decided.
+    /// Does what the core decided. In a cluster, starts and the rows of instants wait for
+    /// this node's claim of their instant (one claim per instant, off this thread).
     fn perform(&mut self, actions: Vec<Action>) {
+        let mut claims: BTreeMap<DateTime<Utc>, Vec<Pending>> = BTreeMap::new();
+        let clustered = self.cluster.is_some();
         for action in actions {
             match action {
                 Action::Start {
                     schedule,
                     instant,
                     dispatched_at,
-                } => self.start(schedule, instant, dispatched_at),
+                } => {
+                    let fire = self.prepare(schedule, instant, dispatched_at, 1);
+                    if clustered {
+                        claims
+                            .entry(instant)
+                            .or_default()
+                            .push(Pending::Fire(Box::new(fire)));
+                    } else {
+                        self.workers.spawn(fire::run_fire(fire, None));
+                    }
+                }
                 Action::Row {
                     schedule,
                     instant,
                     dispatched_at,
                     status,
                     note,
-                } => self.recorder.rows_detached(vec![crate::cycle::cycle_row(
-                    &schedule,
-                    instant,
-                    dispatched_at,
-                    status,
-                    &note,
-                )]),
+                } => {
+                    let row =
+                        crate::cycle::cycle_row(&schedule, instant, dispatched_at, status, &note);
+                    match instant {
+                        Some(instant) if clustered => {
+                            claims.entry(instant).or_default().push(Pending::Row(row))
+                        }
+                        _ => self.recorder.rows_detached(vec![row]),
+                    }
+                }
                 Action::Escalate {
                     schedule,
                     failures,
@@ -227,10 +322,24 @@ impl Service {
                 }
             }
         }
+        if let Some(side) = &mut self.cluster {
+            for (instant, pending) in claims {
+                side.tasks
+                    .spawn_on(side.claimer.clone().claim(instant, pending), &self.workers);
+            }
+            while side.tasks.try_join_next().is_some() {}
+        }
     }
 
-    /// Spawns a started fire on the worker runtime.
-    fn start(&mut self, schedule: Schedule, instant: DateTime<Utc>, dispatched_at: DateTime<Utc>) {
+    /// A fire ready to run on the worker runtime. `attempt`: the run of its instant (2 for a
+    /// cluster's retry after a takeover).
+    fn prepare(
+        &mut self,
+        schedule: Schedule,
+        instant: DateTime<Utc>,
+        dispatched_at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Fire {
         let modes = schedule
             .modes
             .iter()
@@ -246,7 +355,13 @@ impl Service {
             .entry(schedule.id.clone())
             .or_default()
             .clone();
-        let guard = DoneGuard::new(self.done_tx.clone(), schedule.id.clone());
+        let done = DoneGuard::new(self.done_tx.clone(), schedule.id.clone());
+        // A cluster names the cycle before its claim, after the instant: each (schedule,
+        // instant) is claimed once, and a retry runs under the same id.
+        let cycle = self
+            .cluster
+            .as_ref()
+            .map(|_| cluster::cycle_id(&schedule.id, instant));
         let spec = CycleSpec {
             inst: self.inst.clone(),
             schedule,
@@ -257,19 +372,21 @@ impl Service {
             todo_item: None,
             dispatched_at: Some(dispatched_at),
             note: (!jitter.is_zero()).then(|| format!("jitter {}", short(jitter))),
+            cycle,
+            attempt,
         };
-        self.workers.spawn(fire::run_fire(
+        Fire {
             spec,
-            self.recorder.clone(),
+            recorder: self.recorder.clone(),
             jitter,
-            self.slots.clone(),
-            Stops {
+            slots: self.slots.clone(),
+            stops: Stops {
                 stopping: self.stopping.clone(),
                 cancel: self.cancel.clone(),
                 withdrawn,
             },
-            guard,
-        ));
+            done,
+        }
     }
 
     fn escalate(&mut self, schedule: Schedule, failures: u32, at: DateTime<Utc>, note: String) {
@@ -280,6 +397,15 @@ impl Service {
         };
         if let Err(err) = state::mark_escalated(&self.inst, &schedule.id, &marker) {
             tracing::error!(schedule = %schedule.id, error = %err, "cannot record the escalation");
+        }
+        if let Some(side) = &mut self.cluster {
+            side.generation += 1;
+            let _ = side.escalate.send(EscalateRequest {
+                schedule: schedule.id.clone(),
+                fingerprint: schedule.fingerprint.clone(),
+                failures,
+                generation: side.generation,
+            });
         }
         let recorder = self.recorder.clone();
         let limits = self.memory_limits();
@@ -325,6 +451,17 @@ impl Service {
         let now = Utc::now();
         match Config::load(self.inst.root()) {
             Ok(config) => {
+                if let Some(side) = &self.cluster {
+                    if config.cluster != self.config.cluster {
+                        tracing::warn!(
+                            "the cluster section changed; it takes effect at the next start of the service"
+                        );
+                    }
+                    side.claimer.node.reconfigure(
+                        crate::cluster::schedules_hash(&config),
+                        cluster::catch_up_ids(&config),
+                    );
+                }
                 let markers = markers(&self.inst, &config.schedules);
                 let (actions, summary) = self.core.reload(&config.schedules, &markers, now);
                 self.perform(actions);
@@ -430,14 +567,255 @@ impl Service {
             }
         }
         self.recorder.flush().await;
+        if let Some(side) = self.cluster.take() {
+            self.stop_node(side).await;
+        }
         tracing::info!(left = self.core.running(), "stopped");
         Ok(Code::OK)
+    }
+
+    /// The node's part of a stop: claim work still in flight ends, its rows are written,
+    /// then the node sends what it holds, releases its claims and marks itself stopped.
+    async fn stop_node(&mut self, mut side: ClusterSide) {
+        side.sync_cancel.cancel();
+        let lease = side.claimer.node.lease();
+        let drained = tokio::time::timeout(lease, async {
+            while side.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("cluster: claim work still unanswered at stop; its claims expire");
+            side.tasks.abort_all();
+        }
+        self.recorder.flush().await;
+        let node = side.claimer.node.clone();
+        drop(side);
+        match self.workers.spawn(node.stop()).await {
+            Ok(Ok(())) => tracing::info!("cluster: claims released, node stopped"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cluster: could not release the claims; they expire and survivors take them over")
+            }
+            Err(err) => tracing::warn!(error = %err, "cluster: the node's stop failed"),
+        }
+    }
+
+    /// An event of the cluster node.
+    fn cluster_event(&mut self, event: Event) {
+        match event {
+            Event::Up | Event::Down { .. } | Event::Refused { .. } | Event::Fatal { .. } => {
+                if let Event::Fatal { error } = &event {
+                    tracing::error!(%error, "cluster: this node stays away from the database; it claims nothing");
+                }
+                if matches!(event, Event::Down { .. } | Event::Refused { .. })
+                    && let Some(side) = &mut self.cluster
+                {
+                    // Instants pass unclaimed while away: catch_up looks again on return.
+                    side.catch_up_pending = true;
+                }
+                self.cluster_link_changed();
+            }
+            Event::LeaseLost { claims, reason } => {
+                if let Some(side) = &self.cluster {
+                    let stopped = side.claimer.registry.lost(&claims);
+                    tracing::warn!(
+                        claims = claims.len(),
+                        stopped,
+                        ?reason,
+                        "cluster: leases lost; their cycles stop and are recorded interrupted"
+                    );
+                }
+            }
+            Event::TakenOver(takeover) => self.taken_over(takeover),
+            Event::Mismatch { ours, majority } => {
+                tracing::error!(%ours, ?majority, "cluster: this node's schedules differ from the other nodes'; see `status --cluster`");
+            }
+            Event::RowsDropped { count, resend } => {
+                tracing::warn!(
+                    count,
+                    resend,
+                    "cluster: rows dropped from the outbox while the database was away"
+                );
+            }
+        }
+    }
+
+    /// The link to the database changed (or the service started): service.json, sd_notify
+    /// `STATUS=`, and a read of the last claims for `catch_up` once connected.
+    fn cluster_link_changed(&mut self) {
+        let Some(side) = &mut self.cluster else {
+            return;
+        };
+        let node = side.claimer.node.state();
+        let (state, since, error) = match &node.link {
+            Link::Connecting => ("connecting", None, None),
+            Link::Up { since } => ("up", Some(*since), None),
+            Link::Down { since, error } => ("down", Some(*since), Some(error.clone())),
+            Link::Refused { instance_id } => (
+                "refused",
+                None,
+                Some(format!("the node name is held by instance {instance_id}")),
+            ),
+        };
+        side.link = Some(crate::state::ClusterLink {
+            node: node.node.clone(),
+            url: node.url.clone(),
+            state: state.to_string(),
+            since,
+            error,
+        });
+        if matches!(node.link, Link::Up { .. }) && side.catch_up_pending {
+            side.catch_up_pending = false;
+            side.tasks.spawn_on(
+                cluster::last_claimed(side.claimer.node.clone(), side.notes_tx.clone()),
+                &self.workers,
+            );
+        }
+        self.write_state();
+        if self.notifier.enabled() {
+            self.notify(self.notifier.status(&self.status_line()));
+        }
+    }
+
+    /// A takeover pass of this node: the `interrupted` cycle rows of the dead node's claims,
+    /// and the instants it claimed again (`catch_up`), run as attempt 2.
+    fn taken_over(&mut self, takeover: Takeover) {
+        let Some(side) = &self.cluster else {
+            return;
+        };
+        let now = Utc::now();
+        let me = side.claimer.node.name().to_string();
+        let rows: Vec<Row> = takeover
+            .interrupted
+            .iter()
+            .map(|taken| cluster::takeover_row(taken, &me, now))
+            .collect();
+        if !rows.is_empty() {
+            self.recorder.rows_detached(rows);
+        }
+        for claim in takeover.retries {
+            let id = claim.key.schedule.clone();
+            let instant = claim.key.scheduled_at;
+            tracing::info!(schedule = %id, scheduled_at = %instant, attempt = claim.key.attempt, "cluster: running again an instant interrupted on another node (catch_up)");
+            let pending = match self.core.start_retry(&id) {
+                Some(schedule) => Pending::Fire(Box::new(self.prepare(
+                    schedule,
+                    instant,
+                    now,
+                    claim.key.attempt,
+                ))),
+                None => {
+                    let (status, why) = if self.stopping.is_cancelled() {
+                        (Status::Interrupted, "not started: the service is stopping")
+                    } else {
+                        (
+                            Status::Skipped,
+                            "not started: the schedule is unknown, disabled or escalated on this node",
+                        )
+                    };
+                    Pending::Row(cluster::not_run_row(&claim, now, status, why))
+                }
+            };
+            let Some(side) = &mut self.cluster else {
+                return;
+            };
+            let claimer = side.claimer.clone();
+            side.tasks.spawn_on(
+                async move {
+                    let mut claim = claim;
+                    // Overlap holds for a retry too: ask who runs the schedule now.
+                    claim.rules.running_on = claimer
+                        .node
+                        .running_elsewhere(&claim.key.schedule)
+                        .await
+                        .ok()
+                        .flatten();
+                    claimer.won(claim, pending);
+                },
+                &self.workers,
+            );
+        }
+    }
+
+    /// A note of the cluster's tasks.
+    fn cluster_note(&mut self, note: Note) {
+        let now = Utc::now();
+        match note {
+            Note::Escalations {
+                escalations,
+                generation,
+            } => {
+                let Some(side) = &self.cluster else { return };
+                if generation < side.generation {
+                    // Read before this node's latest escalation was written: stale.
+                    return;
+                }
+                let by_id: HashMap<String, String> = escalations
+                    .iter()
+                    .map(|e| (e.schedule.clone(), e.fingerprint.clone()))
+                    .collect();
+                let sync = self.core.cluster_escalations(&by_id, now);
+                self.perform(sync.actions);
+                for id in &sync.paused {
+                    if let Some(e) = escalations.iter().find(|e| &e.schedule == id) {
+                        self.mark_paused_elsewhere(e);
+                    }
+                }
+                if !sync.paused.is_empty() || !sync.resumed.is_empty() {
+                    self.write_state();
+                    if self.notifier.enabled() {
+                        self.notify(self.notifier.status(&self.status_line()));
+                    }
+                }
+            }
+            Note::EscalatedElsewhere { escalation } => {
+                let (paused, actions) = self.core.escalated_elsewhere(
+                    &escalation.schedule,
+                    &escalation.fingerprint,
+                    now,
+                );
+                self.perform(actions);
+                if paused {
+                    self.mark_paused_elsewhere(&escalation);
+                }
+            }
+            Note::LastClaimed(claimed) => {
+                let mut last = claimed;
+                for row in rows_of(&self.inst)
+                    .iter()
+                    .filter(|r| r.mode == crate::timing::CYCLE_MODE)
+                {
+                    if let Some(at) = row.scheduled_at {
+                        let slot = last.entry(row.schedule.clone()).or_insert(at);
+                        *slot = (*slot).max(at);
+                    }
+                }
+                let actions = self.core.catch_up_from(&last, now);
+                self.perform(actions);
+            }
+        }
+    }
+
+    /// The local marker of a schedule paused by another node's escalation, so `status` on
+    /// this node says it and a restart starts paused (the cluster's state wins after).
+    fn mark_paused_elsewhere(&self, e: &crate::cluster::Escalation) {
+        let marker = Escalation {
+            at: e.escalated_at,
+            failures: e.failures,
+            fingerprint: e.fingerprint.clone(),
+        };
+        if let Err(err) = state::mark_escalated(&self.inst, &e.schedule, &marker) {
+            tracing::error!(schedule = %e.schedule, error = %err, "cannot record the escalation");
+        }
     }
 
     fn status_line(&self) -> String {
         let mut line = self.core.status_line();
         if matches!(&self.last_reload, Some(r) if !r.ok) {
             line.push_str("; last reload rejected (see `status`)");
+        }
+        if let Some(side) = &self.cluster {
+            line.push_str("; ");
+            line.push_str(&side.claimer.node.state().line());
         }
         line
     }
@@ -447,6 +825,7 @@ impl Service {
             pid: std::process::id(),
             started_at: self.started_at,
             reload: self.last_reload.clone(),
+            cluster: self.cluster.as_ref().and_then(|side| side.link.clone()),
         };
         if let Err(err) = state::write_service(&self.inst, &state) {
             tracing::warn!(error = %err, "cannot write the service state");
@@ -478,6 +857,18 @@ fn rows_of(inst: &Instance) -> Vec<crate::timing::Row> {
         .read()
         .map(|log| log.rows)
         .unwrap_or_default()
+}
+
+/// The next event of the cluster node or note of its tasks; never, without a cluster.
+async fn from_cluster(side: &mut Option<ClusterSide>) -> Step {
+    let Some(side) = side else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        Some(event) = side.events.recv() => Step::Cluster(event),
+        Some(note) = side.notes.recv() => Step::Note(note),
+        else => std::future::pending().await,
+    }
 }
 
 async fn next_change(watcher: &mut Option<Watcher>) -> Vec<std::path::PathBuf> {
