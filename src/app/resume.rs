@@ -1,4 +1,9 @@
 //! `resume ID`: lifts a schedule's escalation and tells a running service to re-read it.
+//!
+//! In a cluster (a `cluster` section) the escalation is lifted in the cluster's database
+//! first, so every node fires the schedule again (each reads the cluster's escalations every
+//! few seconds); when the database does not answer nothing is changed, since a marker
+//! removed here alone would be put back by this node's next read.
 
 use chrono::{SecondsFormat, Utc};
 
@@ -13,6 +18,8 @@ pub struct Resumed {
     pub schedule: String,
     /// Whether the schedule was escalated (otherwise nothing changed).
     pub was_escalated: bool,
+    /// In a cluster: whether the cluster held an escalation of it (now lifted on every node).
+    pub cluster: Option<bool>,
     /// The running service that was told (SIGHUP), if any.
     pub service_pid: Option<i32>,
     /// A memory entry that could not be written.
@@ -22,12 +29,18 @@ pub struct Resumed {
 pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
     // An id that is not in a valid schedules.json is refused; a broken file must not keep a
     // schedule paused, so its markers can still be lifted.
+    let mut in_cluster = None;
     if let Ok(config) = Config::load(inst.root()) {
         super::find_schedule(&config, id)?;
+        if let Some(section) = &config.cluster {
+            in_cluster = Some(resume_in_cluster(section, id)?);
+        }
     }
+    let local = crate::state::clear_escalation(inst, id);
     let mut resumed = Resumed {
         schedule: id.to_string(),
-        was_escalated: crate::state::clear_escalation(inst, id),
+        was_escalated: local || in_cluster == Some(true),
+        cluster: in_cluster,
         service_pid: None,
         warning: None,
     };
@@ -35,8 +48,13 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
         return Ok(resumed);
     }
     let entry = format!(
-        "{} [{id}] resumed by `resume`",
-        Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+        "{} [{id}] resumed by `resume`{}",
+        Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        if resumed.cluster == Some(true) {
+            " (on every node of the cluster)"
+        } else {
+            ""
+        }
     );
     if let Err(err) = crate::memory::MemoryStore::of(inst).add(&[(Section::SystemUpdates, entry)]) {
         resumed.warning = Some(format!("memory entry not written: {err}"));
@@ -50,4 +68,25 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
         resumed.service_pid = Some(pid);
     }
     Ok(resumed)
+}
+
+/// Deletes the cluster's escalation of `id`; true when there was one.
+fn resume_in_cluster(section: &crate::cluster::ClusterConfig, id: &str) -> Result<bool, Error> {
+    let (url, _) = section
+        .resolve(|key| std::env::var(key).ok())
+        .map_err(|err| Error::Invalid(format!("resume: {err}")))?;
+    let lease = section.lease.0;
+    let runtime = crate::service::single_thread_runtime().map_err(Error::failed)?;
+    runtime
+        .block_on(async {
+            let db = crate::cluster::Db::connect(&url, lease).await?;
+            tokio::time::timeout(lease, db.resume(id))
+                .await
+                .unwrap_or(Err(crate::cluster::DbError::Timeout(lease)))
+        })
+        .map_err(|err| {
+            Error::Failed(format!(
+                "resume: the cluster's database does not answer, so {id} stays escalated on every node (nothing changed): {err}"
+            ))
+        })
 }

@@ -2,7 +2,11 @@
 //!
 //! Per schedule: the cron, the next fire, the last cycle, the failure streak, whether a cycle
 //! holds its lock now and whether it is escalated; then TODO progress, memory use, rows and
-//! bad lines of task_timing.tsv, and whether a service runs on the directory.
+//! bad lines of task_timing.tsv, and whether a service runs on the directory (in a cluster,
+//! with its link to the database).
+//!
+//! `status --cluster` ([`cluster`]) asks the cluster's database instead: its nodes, what
+//! runs where, and per schedule the node of its last cycle (SPEC §11).
 
 use std::collections::HashMap;
 
@@ -33,6 +37,8 @@ pub struct Service {
     pub pid: Option<String>,
     /// The result of the running service's last reload.
     pub last_reload: Option<crate::state::ReloadResult>,
+    /// The running service's link to its cluster's database (a cluster node only).
+    pub cluster: Option<crate::state::ClusterLink>,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,14 +153,15 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
     let memory_text = std::fs::read_to_string(inst.memory()).unwrap_or_default();
     let doc = MemoryDoc::parse(&memory_text);
     let service_pid = LockFile::service(inst).ok().and_then(|l| l.probe());
+    let service_state = service_pid
+        .as_ref()
+        .and_then(|_| crate::state::read_service(inst));
     Report {
         dir: inst.root().display().to_string(),
         service: Service {
             running: service_pid.is_some(),
-            last_reload: service_pid
-                .as_ref()
-                .and_then(|_| crate::state::read_service(inst))
-                .and_then(|s| s.reload),
+            last_reload: service_state.as_ref().and_then(|s| s.reload.clone()),
+            cluster: service_state.and_then(|s| s.cluster),
             pid: service_pid,
         },
         config_problems: problems.iter().map(ToString::to_string).collect(),
@@ -177,4 +184,181 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
             bad_lines,
         },
     }
+}
+
+/// `status --cluster`: what the cluster's database says (SPEC §11).
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    /// The database, its password never shown.
+    pub url: String,
+    /// This instance's node name.
+    pub node: String,
+    /// The database's clock, which leases and heartbeats are measured on.
+    pub db_now: DateTime<Utc>,
+    pub nodes: Vec<ClusterNode>,
+    /// The schedules hash of more than half the live nodes, if any.
+    pub majority_hash: Option<String>,
+    pub schedules: Vec<ClusterSchedule>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterNode {
+    pub name: String,
+    pub instance_id: String,
+    pub version: String,
+    pub schedules_hash: String,
+    /// Live, and its schedules hash is not the live majority's.
+    pub hash_differs: bool,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat: DateTime<Utc>,
+    pub heartbeat_age_ms: u64,
+    pub running_cycles: u32,
+    pub stopped_at: Option<DateTime<Utc>>,
+    pub live: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterSchedule {
+    pub id: String,
+    /// Whether this instance's schedules.json has it.
+    pub configured: bool,
+    /// The latest claim of the schedule: the node of its last cycle.
+    pub last: Option<ClusterClaim>,
+    /// Claims running now (the lease still live, or `expired` waiting for a survivor).
+    pub running: Vec<ClusterClaim>,
+    pub escalated: Option<ClusterEscalation>,
+    pub paused_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterClaim {
+    pub scheduled_at: DateTime<Utc>,
+    pub attempt: u32,
+    pub node: String,
+    /// `running`, `done` or `interrupted`.
+    pub state: String,
+    /// The cycle's status once it ended.
+    pub status: Option<String>,
+    /// A running claim whose lease ran out, not yet taken over.
+    pub expired: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterEscalation {
+    pub node: String,
+    pub failures: u32,
+    pub at: DateTime<Utc>,
+    /// Whether it applies to this instance's entry (an escalation of another entry does not).
+    pub applies: bool,
+}
+
+/// Reads the cluster's state from its database. Fails when schedules.json has no `cluster`
+/// section or the database does not answer.
+pub fn cluster(inst: &Instance) -> Result<ClusterReport, crate::exit::Error> {
+    use crate::exit::Error;
+    let config = Config::load(inst.root())?;
+    let section = config.cluster.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "status --cluster: {} has no \"cluster\" section",
+            instance::SCHEDULES
+        ))
+    })?;
+    let (url, node) = section
+        .resolve(|key| std::env::var(key).ok())
+        .map_err(|err| Error::Invalid(format!("status --cluster: {err}")))?;
+    let lease = section.lease.0;
+    let runtime = crate::service::single_thread_runtime().map_err(Error::failed)?;
+    let status = runtime
+        .block_on(async {
+            let db = crate::cluster::Db::connect(&url, lease).await?;
+            tokio::time::timeout(lease, db.status())
+                .await
+                .unwrap_or(Err(crate::cluster::DbError::Timeout(lease)))
+        })
+        .map_err(|err| Error::Failed(format!("status --cluster: {err}")))?;
+    let mut ids: Vec<String> = config.schedules.iter().map(|s| s.id.clone()).collect();
+    for id in status
+        .last_cycles
+        .iter()
+        .map(|c| &c.key.schedule)
+        .chain(status.escalations.iter().map(|e| &e.schedule))
+    {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    let schedules = ids
+        .into_iter()
+        .map(|id| {
+            let entry = config.schedule(&id);
+            ClusterSchedule {
+                configured: entry.is_some(),
+                last: status
+                    .last_cycles
+                    .iter()
+                    .find(|c| c.key.schedule == id)
+                    .map(|c| ClusterClaim {
+                        scheduled_at: c.key.scheduled_at,
+                        attempt: c.key.attempt,
+                        node: c.node.clone(),
+                        state: c.state.clone(),
+                        status: c.status.clone(),
+                        expired: false,
+                    }),
+                running: status
+                    .running
+                    .iter()
+                    .filter(|c| c.key.schedule == id)
+                    .map(|c| ClusterClaim {
+                        scheduled_at: c.key.scheduled_at,
+                        attempt: c.key.attempt,
+                        node: c.node.clone(),
+                        state: "running".into(),
+                        status: None,
+                        expired: c.expired,
+                    })
+                    .collect(),
+                escalated: status
+                    .escalations
+                    .iter()
+                    .find(|e| e.schedule == id)
+                    .map(|e| ClusterEscalation {
+                        node: e.node.clone(),
+                        failures: e.failures,
+                        at: e.escalated_at,
+                        applies: entry.is_some_and(|s| s.fingerprint == e.fingerprint),
+                    }),
+                paused_until: status
+                    .pauses
+                    .iter()
+                    .find(|p| p.schedule == id && p.until > status.db_now)
+                    .map(|p| p.until),
+                id,
+            }
+        })
+        .collect();
+    Ok(ClusterReport {
+        url: url.redacted(),
+        node,
+        db_now: status.db_now,
+        nodes: status
+            .nodes
+            .into_iter()
+            .map(|n| ClusterNode {
+                name: n.name,
+                instance_id: n.instance_id,
+                version: n.version,
+                schedules_hash: n.schedules_hash,
+                hash_differs: n.hash_differs,
+                started_at: n.started_at,
+                heartbeat: n.heartbeat,
+                heartbeat_age_ms: n.heartbeat_age.as_millis() as u64,
+                running_cycles: n.running_cycles,
+                stopped_at: n.stopped_at,
+                live: n.live,
+            })
+            .collect(),
+        majority_hash: status.majority_hash,
+        schedules,
+    })
 }

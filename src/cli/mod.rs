@@ -82,6 +82,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Ask the cluster's database instead: its nodes (heartbeat, running cycles,
+        /// version, schedules hash) and per schedule the node of its last cycle.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Upcoming fire instants, local and UTC.
     ///
@@ -174,7 +178,22 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
             );
             Ok(Code::OK)
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            cluster: true,
+        } => {
+            let report = app::status::cluster(&inst)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(Error::failed)?
+                );
+            } else {
+                print!("{}", render::cluster_status(&report));
+            }
+            Ok(Code::OK)
+        }
+        Command::Status { json, .. } => {
             let now = Utc::now();
             let report = app::status::status(&inst, now);
             if json {

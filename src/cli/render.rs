@@ -9,7 +9,7 @@ use crate::app::memory::Shown;
 use crate::app::next::NextFires;
 use crate::app::resume::Resumed;
 use crate::app::run_cycle::{Plan, Progress};
-use crate::app::status::Report;
+use crate::app::status::{ClusterReport, Report};
 use crate::duration::short;
 use crate::instance;
 use crate::memory::PruneReport;
@@ -131,8 +131,16 @@ pub fn todo(todo: &Todo) -> String {
 
 pub fn resumed(resumed: &Resumed) -> String {
     let id = &resumed.schedule;
+    let everywhere = if resumed.cluster == Some(true) {
+        " (lifted on every node of the cluster)"
+    } else {
+        ""
+    };
     match (resumed.was_escalated, resumed.service_pid) {
         (false, _) => format!("{id}: not escalated; nothing to resume"),
+        (true, _) if !everywhere.is_empty() => {
+            format!("{id}: resumed{everywhere}; each node fires it again from its next instant")
+        }
         (true, Some(pid)) => {
             format!("{id}: resumed; the service (pid {pid}) fires it again from its next instant")
         }
@@ -175,6 +183,34 @@ pub fn status(report: &Report, now: DateTime<Utc>) -> String {
         Some(pid) => writeln!(out, "service   running (pid {pid})"),
         None => writeln!(out, "service   not running"),
     };
+    if let Some(link) = &report.service.cluster {
+        let since = link
+            .since
+            .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+            .unwrap_or_default();
+        let _ = match link.state.as_str() {
+            "up" => writeln!(
+                out,
+                "cluster   node {} connected{since} ({})",
+                link.node, link.url
+            ),
+            "down" => writeln!(
+                out,
+                "cluster   node {}: DATABASE UNREACHABLE{since} ({}); claiming nothing, so firing nothing; retrying ({})",
+                link.node,
+                link.error.as_deref().unwrap_or("no answer"),
+                link.url
+            ),
+            "refused" => writeln!(
+                out,
+                "cluster   node {}: REFUSED: {}; claiming nothing ({})",
+                link.node,
+                link.error.as_deref().unwrap_or("refused"),
+                link.url
+            ),
+            other => writeln!(out, "cluster   node {}: {other} ({})", link.node, link.url),
+        };
+    }
     if let Some(reload) = &report.service.last_reload {
         let when = reload.at.format("%Y-%m-%d %H:%M:%S UTC");
         if reload.ok {
@@ -274,4 +310,122 @@ pub fn status(report: &Report, now: DateTime<Utc>) -> String {
         }
     }
     out
+}
+
+/// `status --cluster`.
+pub fn cluster_status(report: &ClusterReport) -> String {
+    let mut out = String::new();
+    let now = report.db_now;
+    let _ = writeln!(out, "cluster   {}", report.url);
+    let _ = writeln!(
+        out,
+        "database  time {} (leases and heartbeats use it)",
+        now.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+    );
+    let _ = writeln!(out, "this node {}", report.node);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>12} {:>8}  {:<10} {:<22} started",
+        "node", "state", "heartbeat", "running", "version", "schedules hash"
+    );
+    for n in &report.nodes {
+        let state = match (n.live, n.stopped_at) {
+            (true, _) => "live",
+            (false, Some(_)) => "stopped",
+            (false, None) => "LOST",
+        };
+        let hash = if n.hash_differs {
+            format!("{} DIFFERS", short_hash(&n.schedules_hash))
+        } else {
+            short_hash(&n.schedules_hash).to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>12} {:>8}  {:<10} {:<22} {}",
+            n.name,
+            state,
+            format!(
+                "{} ago",
+                short(std::time::Duration::from_millis(n.heartbeat_age_ms))
+            ),
+            n.running_cycles,
+            n.version,
+            hash,
+            n.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    if report.nodes.iter().any(|n| n.hash_differs) {
+        let _ = writeln!(
+            out,
+            "  a node marked DIFFERS runs other schedules than the majority ({}): give every node the same schedules.json",
+            report.majority_hash.as_deref().map_or("none", short_hash)
+        );
+    }
+    let _ = writeln!(out);
+    for s in &report.schedules {
+        let mut line = format!(
+            "{}{}",
+            s.id,
+            if s.configured {
+                ""
+            } else {
+                " (not in this schedules.json)"
+            }
+        );
+        if let Some(e) = &s.escalated {
+            line.push_str(&format!(
+                "  [ESCALATED on {} after {} failures at {}{}]",
+                e.node,
+                e.failures,
+                e.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                if e.applies {
+                    ""
+                } else {
+                    "; another entry, so not in force here"
+                }
+            ));
+        }
+        if let Some(until) = s.paused_until {
+            line.push_str(&format!(
+                "  [paused until {}]",
+                until.format("%H:%M:%S UTC")
+            ));
+        }
+        let _ = writeln!(out, "{line}");
+        for r in &s.running {
+            let _ = writeln!(
+                out,
+                "  running   {} attempt {} on {}{}",
+                r.scheduled_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.attempt,
+                r.node,
+                if r.expired {
+                    " (lease EXPIRED: a survivor takes it over)"
+                } else {
+                    ""
+                }
+            );
+        }
+        match &s.last {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "  last      {} attempt {} on {}: {}",
+                    c.scheduled_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    c.attempt,
+                    c.node,
+                    c.status.as_deref().unwrap_or(&c.state)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  last      never claimed");
+            }
+        }
+    }
+    out
+}
+
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }

@@ -337,7 +337,7 @@ impl Claimer {
                 fire.spec.dispatched_at = Some(Utc::now());
                 fire.spec.cycle = Some(claim.cycle.clone());
                 fire.spec.attempt = claim.key.attempt;
-                let verdict = claim_verdict(&fire.spec.schedule, &claim.rules);
+                let verdict = claim_verdict(&fire.spec.schedule, &claim.rules, claim.key.attempt);
                 let hold = ClaimHold::new(
                     &self.node,
                     &claim,

@@ -641,7 +641,9 @@ pub enum ClaimVerdict {
     },
 }
 
-pub fn claim_verdict(schedule: &Schedule, rules: &Rules) -> ClaimVerdict {
+/// `attempt` > 1 is a retry after a takeover (`catch_up`): the only run left of its instant,
+/// so it waits for a cycle running elsewhere instead of being skipped.
+pub fn claim_verdict(schedule: &Schedule, rules: &Rules, attempt: u32) -> ClaimVerdict {
     if let Some(e) = &rules.escalation
         && e.fingerprint == schedule.fingerprint
     {
@@ -670,6 +672,9 @@ pub fn claim_verdict(schedule: &Schedule, rules: &Rules) -> ClaimVerdict {
         };
     }
     match (&rules.running_on, schedule.overlap) {
+        (Some(node), Overlap::Skip | Overlap::Queue) if attempt > 1 => {
+            ClaimVerdict::WaitFor { node: node.clone() }
+        }
         (Some(node), Overlap::Skip) => ClaimVerdict::Skip {
             note: format!("overlap skip: the previous cycle still runs on node {node}"),
         },
@@ -1117,6 +1122,171 @@ mod tests {
         assert_eq!(rows(&actions)[0].1, Status::Interrupted);
         assert!(core.dispatch_due(at("2026-11-21T12:00:09Z")).is_empty());
         assert!(core.on_done("q", OK, at("2026-11-21T12:00:09Z")).is_empty());
+    }
+
+    fn rules() -> Rules {
+        Rules::default()
+    }
+
+    fn cluster_escalation(schedule: &Schedule, node: &str) -> crate::cluster::Escalation {
+        crate::cluster::Escalation {
+            schedule: schedule.id.clone(),
+            fingerprint: schedule.fingerprint.clone(),
+            failures: 3,
+            node: node.into(),
+            escalated_at: at("2026-11-21T12:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn a_won_claim_runs_unless_its_schedule_runs_or_escalated_elsewhere() {
+        let skip = schedule(r#"{"id": "s", "task": "t"}"#);
+        let queue = schedule(r#"{"id": "q", "task": "t", "overlap": "queue"}"#);
+        let parallel = schedule(r#"{"id": "p", "task": "t", "overlap": "parallel"}"#);
+        assert_eq!(claim_verdict(&skip, &rules(), 1), ClaimVerdict::Run);
+        let elsewhere = Rules {
+            running_on: Some("n2".into()),
+            ..rules()
+        };
+        assert_eq!(
+            claim_verdict(&skip, &elsewhere, 1),
+            ClaimVerdict::Skip {
+                note: "overlap skip: the previous cycle still runs on node n2".into()
+            }
+        );
+        assert_eq!(
+            claim_verdict(&queue, &elsewhere, 1),
+            ClaimVerdict::WaitFor { node: "n2".into() }
+        );
+        assert_eq!(claim_verdict(&parallel, &elsewhere, 1), ClaimVerdict::Run);
+        // A retry after a takeover is the instant's last chance: it waits, never skips.
+        assert_eq!(
+            claim_verdict(&skip, &elsewhere, 2),
+            ClaimVerdict::WaitFor { node: "n2".into() }
+        );
+        // Escalated with this entry: paused; with another entry (changed since): runs.
+        let escalated = Rules {
+            escalation: Some(cluster_escalation(&skip, "n3")),
+            ..rules()
+        };
+        assert!(matches!(
+            claim_verdict(&skip, &escalated, 1),
+            ClaimVerdict::Escalated { ref node, .. } if node == "n3"
+        ));
+        let mut stale = cluster_escalation(&skip, "n3");
+        stale.fingerprint = "an older entry".into();
+        let changed = Rules {
+            escalation: Some(stale),
+            ..rules()
+        };
+        assert_eq!(claim_verdict(&skip, &changed, 1), ClaimVerdict::Run);
+        // A rate-limit pause in force anywhere skips the fire.
+        let paused = Rules {
+            paused: Some(crate::cluster::Pause {
+                schedule: "s".into(),
+                until: at("2026-11-21T13:00:00Z"),
+                reason: "429 from the agent".into(),
+                node: "n1".into(),
+            }),
+            ..rules()
+        };
+        assert!(matches!(
+            claim_verdict(&skip, &paused, 1),
+            ClaimVerdict::Skip { ref note } if note.contains("paused until 2026-11-21T13:00:00Z by node n1")
+        ));
+    }
+
+    #[test]
+    fn cluster_escalations_pause_here_and_a_lifted_one_resumes_from_now() {
+        let a = schedule(r#"{"id": "a", "task": "t", "cron": "* * * * * *", "overlap": "queue"}"#);
+        let b = schedule(r#"{"id": "b", "task": "t", "cron": "* * * * * *"}"#);
+        let mut core = core(&[a.clone(), b.clone()], at("2026-11-21T12:00:00.500Z"));
+        // "a" runs with a fire queued behind it when another node escalates it.
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        core.dispatch_due(at("2026-11-21T12:00:02.001Z"));
+        let escalated = HashMap::from([
+            ("a".to_string(), a.fingerprint.clone()),
+            ("b".to_string(), "an older entry of b".to_string()),
+        ]);
+        let sync = core.cluster_escalations(&escalated, at("2026-11-21T12:00:02.500Z"));
+        assert_eq!(sync.paused, vec!["a".to_string()]);
+        assert!(sync.resumed.is_empty());
+        assert_eq!(
+            rows(&sync.actions),
+            vec![(
+                Some(at("2026-11-21T12:00:02Z")),
+                Status::Skipped,
+                "not started: the schedule escalated on another node while it was queued"
+                    .to_string()
+            )]
+        );
+        assert!(core.entry("a").unwrap().escalated);
+        assert_eq!(core.entry("a").unwrap().next, None);
+        assert!(
+            !core.entry("b").unwrap().escalated,
+            "another entry's escalation"
+        );
+        // The same read again changes nothing; the escalation gone resumes "a" from now.
+        assert_eq!(
+            core.cluster_escalations(&escalated, at("2026-11-21T12:00:03Z")),
+            EscalationSync::default()
+        );
+        let sync = core.cluster_escalations(&HashMap::new(), at("2026-11-21T12:00:05.200Z"));
+        assert_eq!(sync.resumed, vec!["a".to_string()]);
+        assert_eq!(
+            sync.actions,
+            vec![Action::ClearEscalation { id: "a".into() }]
+        );
+        assert_eq!(
+            core.entry("a").unwrap().next,
+            Some(at("2026-11-21T12:00:06Z"))
+        );
+        // Seen in a claim's rules: paused once.
+        let (paused, _) = core.escalated_elsewhere("b", &b.fingerprint, at("2026-11-21T12:00:06Z"));
+        assert!(paused);
+        let (again, _) = core.escalated_elsewhere("b", &b.fingerprint, at("2026-11-21T12:00:06Z"));
+        assert!(!again);
+    }
+
+    #[test]
+    fn a_retry_after_a_takeover_counts_as_running_unless_not_ours_to_fire() {
+        let s = schedule(r#"{"id": "s", "task": "t", "cron": "* * * * * *", "catch_up": true}"#);
+        let off = schedule(r#"{"id": "off", "task": "t", "enabled": false}"#);
+        let mut core = core(&[s, off], at("2026-11-21T12:00:00.500Z"));
+        assert_eq!(core.start_retry("s").map(|s| s.id), Some("s".to_string()));
+        assert_eq!(core.running(), 1);
+        // Overlap skip holds against the retry: the next fire of "s" is skipped.
+        let actions = core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        assert_eq!(rows(&actions)[0].1, Status::Skipped);
+        assert!(core.start_retry("off").is_none());
+        assert!(core.start_retry("unknown").is_none());
+        core.stop(at("2026-11-21T12:00:02Z"));
+        assert!(core.start_retry("s").is_none());
+    }
+
+    #[test]
+    fn catch_up_from_the_claims_fires_the_latest_instant_after_the_last_claimed() {
+        let s = schedule(r#"{"id": "c", "task": "t", "cron": "0 * * * * *", "catch_up": true}"#);
+        let mut core = core(&[s], at("2026-11-21T12:05:30Z"));
+        let last = HashMap::from([("c".to_string(), at("2026-11-21T12:01:00Z"))]);
+        let actions = core.catch_up_from(&last, at("2026-11-21T12:05:30Z"));
+        assert_eq!(starts(&actions), vec![at("2026-11-21T12:05:00Z")]);
+        // Claimed up to the last instant: nothing missed.
+        let mut core = core_at(at("2026-11-21T12:05:30Z"));
+        let last = HashMap::from([("c".to_string(), at("2026-11-21T12:05:00Z"))]);
+        assert!(
+            core.catch_up_from(&last, at("2026-11-21T12:05:30Z"))
+                .is_empty()
+        );
+    }
+
+    fn core_at(now: DateTime<Utc>) -> Core {
+        core(
+            &[schedule(
+                r#"{"id": "c", "task": "t", "cron": "0 * * * * *", "catch_up": true}"#,
+            )],
+            now,
+        )
     }
 
     #[test]

@@ -205,7 +205,8 @@ pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
         }
     };
     let parallel = spec.schedule.overlap == Overlap::Parallel;
-    if spec.schedule.overlap == Overlap::Queue {
+    // A cluster's retry of an interrupted instant is its last run: it waits like `queue`.
+    if spec.schedule.overlap == Overlap::Queue || (!parallel && attempt > 1) {
         // Another process (a `run-cycle`) holds the schedule: wait for it, as `queue` says.
         while lock.probe().is_some() {
             tokio::select! {
