@@ -587,6 +587,11 @@ SELECT (SELECT count(*) FROM reg), (SELECT count(*) FROM expired),
     /// schedule, interrupted here or released by its node, is claimed again as attempt 2
     /// by this node. Each claim is taken over by exactly one survivor: the updates lock the
     /// rows and re-check their state.
+    ///
+    /// A lease that ran out while the server itself was down is counted from the server's
+    /// start instead (`pg_postmaster_start_time()` + a lease): no node could renew then, and
+    /// a node whose cycle ended during the outage gets a lease to report it before a
+    /// survivor would record it interrupted and run it again.
     pub async fn takeover(
         &self,
         node: &str,
@@ -603,7 +608,8 @@ WITH expired AS (
     UPDATE claims SET state = 'interrupted', status = 'interrupted', finished_at = now(),
         taken_over_by = $1::text,
         retried = (attempt = 1 AND schedule = ANY($5::text[]))
-    WHERE state = 'running' AND lease_until < now() AND NOT (fence = ANY($4::bigint[]))
+    WHERE state = 'running' AND NOT (fence = ANY($4::bigint[]))
+      AND greatest(lease_until, pg_postmaster_start_time() + $3::bigint * interval '1 millisecond') < now()
     RETURNING schedule, scheduled_at, attempt, cycle, node, claimed_at, lease_until, retried
 ), handed AS (
     UPDATE claims SET retried = true, taken_over_by = $1::text

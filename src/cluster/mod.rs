@@ -36,7 +36,9 @@
 //!   and stops each running cycle when that claim's trust window ends (below).
 //! - **Database down.** As a cut for every node at once: nothing is claimed anywhere, so
 //!   nothing runs twice; running cycles stop at their deadlines; rows wait in the outbox;
-//!   everything resumes without a restart when it answers.
+//!   everything resumes without a restart when it answers. A lease that ran out while the
+//!   server was down counts from the server's start: every node gets a lease to report the
+//!   cycles that ended meanwhile before anything of theirs is taken over.
 //! - **A node paused past its lease** (SIGSTOP, a frozen VM, a suspended laptop). Its trust
 //!   windows run on `CLOCK_BOOTTIME`, which counts the pause, so on waking its watchdog
 //!   finds the claims past their deadlines and reports them lost before anything else runs;
