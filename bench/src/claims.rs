@@ -117,6 +117,7 @@ async fn cases(url: &str, duration: Duration) -> Result<(), String> {
     let mut rows = Vec::new();
     rows.push(sequential(&a, "1 schedule per instant", 1, 0, duration).await?);
     rows.push(sequential(&a, "10 schedules per instant", 10, 1 << 40, duration).await?);
+    rows.push(sequential(&a, "100 schedules per instant", 100, 3 << 40, duration).await?);
     let b = start("b").await?;
     let (ra, rb) = tokio::join!(
         sequential(&a, "2 nodes contending, node a", 1, 2 << 40, duration),
