@@ -215,12 +215,16 @@ fn two_nodes_on_the_same_schedules_write_one_cycle_row_per_instant() {
             );
         }
     }
-    assert!(
-        !rows_a.is_empty() && !rows_b.is_empty(),
-        "both nodes won claims: a {}, b {}",
-        rows_a.len(),
-        rows_b.len()
-    );
+    // A real contest: both nodes dispatched every instant (the node whose claim commits
+    // first usually wins all five schedules of an instant, so the split varies).
+    for inst in [&a, &b] {
+        let fired = inst
+            .read("serve.log")
+            .matches("\"message\":\"fired\"")
+            .count();
+        assert!(fired >= 40, "{} fired {fired} times", inst.path().display());
+    }
+    eprintln!("cycle rows: a {}, b {}", rows_a.len(), rows_b.len());
     assert_eq!(
         db.count("SELECT count(*) FROM claims WHERE state <> 'done'"),
         0,
@@ -416,6 +420,8 @@ fn timing_rows_is_exactly_the_union_of_the_nodes_tsv_rows() {
       {"id": "z", "task": "t", "cron": "*/2 * * * * *", "modes": ["ok"], "overlap": "parallel"}
     ]"#;
     let (a, b) = (node("a", schedules), node("b", schedules));
+    // Failed rows too, whichever node wins an instant.
+    a.write("fail", "");
     b.write("fail", "");
     let (serve_a, serve_b) = (start(&a, &db.url), start(&b, &db.url));
     std::thread::sleep(Duration::from_secs(6));
@@ -493,6 +499,11 @@ fn two_nodes_starting_together_migrate_the_schema_once() {
             status_json(inst)["service"]["cluster"]["state"] == "up"
         });
     }
+    wait_until(
+        Duration::from_secs(10),
+        "an instant is claimed and run",
+        || !cycle_rows(&a).is_empty() || !cycle_rows(&b).is_empty(),
+    );
     let status_cluster = |json: bool| {
         let mut command = a.command(&["status", "--cluster"]);
         if json {
