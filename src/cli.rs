@@ -99,6 +99,10 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         count: usize,
     },
+    /// Runs, failures, durations, lateness and cost per schedule and mode, from task_timing.tsv.
+    ///
+    /// Example: loop-orchestrator report --since 36h --html report.html
+    Report(crate::report::command::ReportArgs),
     /// Lift the escalation of a schedule so it fires again.
     Resume {
         /// The schedule id.
@@ -175,6 +179,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { json } => status(&dir, json),
         Command::Next { id, count } => next(&dir, id.as_deref(), count),
         Command::Resume { id } => crate::supervisor::resume(&dir, &id),
+        Command::Report(args) => crate::report::command::run(&dir, args),
         Command::Todo { handoff } => todo(&dir, handoff),
         Command::Memory(command) => memory(&dir, command),
         Command::Init { target } => crate::init::init(target.as_deref().unwrap_or(&dir)),

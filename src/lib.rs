@@ -18,6 +18,7 @@ pub mod mode;
 pub mod notify;
 pub mod prompt;
 pub mod recorder;
+pub mod report;
 pub mod runner;
 pub mod schedule;
 pub mod state;

@@ -26,6 +26,7 @@ mod scale;
 mod service;
 mod stats;
 mod sys;
+mod timing_log;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,6 +126,20 @@ fn main() -> ExitCode {
     let worker = match args.first().map(String::as_str) {
         Some("__append-worker") => Some(append::worker(&args[1..])),
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
+        Some("__timing-log") => Some(timing_log::command(&args[1..])),
+        Some("__read-timing") => Some((|| {
+            let t = Instant::now();
+            let log = loop_orchestrator::timing::TimingFile::new(&args[1])
+                .read()
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "{} rows {} bad in {:?}",
+                log.rows.len(),
+                log.bad_lines.len(),
+                t.elapsed()
+            );
+            Ok(())
+        })()),
         _ => None,
     };
     if let Some(result) = worker {
