@@ -19,11 +19,10 @@ pub fn render(report: &Report) -> String {
         "{}",
         fit(
             &format!(
-                "{}: {} rows, {} bad line{}",
+                "{}: {}, {}",
                 printable(&report.file),
-                thousands(report.rows as u64),
-                thousands(report.bad_lines as u64),
-                if report.bad_lines == 1 { "" } else { "s" }
+                count(report.rows as u64, "row"),
+                count(report.bad_lines as u64, "bad line"),
             ),
             WIDTH
         )
@@ -37,10 +36,10 @@ pub fn render(report: &Report) -> String {
         "{}",
         fit(
             &format!(
-                "window: {} → {}: {} rows{window}",
+                "window: {} → {}: {}{window}",
                 report.since.format("%Y-%m-%d %H:%M UTC"),
                 report.now.format("%Y-%m-%d %H:%M UTC"),
-                thousands(report.rows_in_window),
+                count(report.rows_in_window, "row"),
             ),
             WIDTH
         )
@@ -95,9 +94,9 @@ fn render_schedule(out: &mut String, s: &ScheduleReport) {
         "{}",
         fit(
             &format!(
-                "{}: {} cycles ({}/day), {lateness}",
-                printable(&s.schedule),
-                thousands(s.cycles),
+                "{}: {} ({}/day), {lateness}",
+                fit(&printable(&s.schedule), 40),
+                count(s.cycles, "cycle"),
                 per_day(s.cycles_per_day)
             ),
             WIDTH
@@ -189,6 +188,11 @@ pub fn printable(text: &str) -> String {
         .collect()
 }
 
+/// `1 row`, `1,234 rows`.
+pub fn count(n: u64, noun: &str) -> String {
+    format!("{} {noun}{}", thousands(n), if n == 1 { "" } else { "s" })
+}
+
 /// `1234567` as `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -215,7 +219,8 @@ pub fn money(usd: f64) -> String {
     }
 }
 
-fn per_day(n: f64) -> String {
+/// Cycles per day: `0.5`, `12.3`, `1,234`.
+pub fn per_day(n: f64) -> String {
     if n >= 100.0 {
         thousands(n.round() as u64)
     } else {
