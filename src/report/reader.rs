@@ -208,26 +208,37 @@ impl<S: Sink> Lines<'_, S> {
 /// The row when every cell is in the writer's exact form; `None` sends the line to the
 /// canonical parser.
 fn fast_row(bytes: &[u8]) -> Option<RowRef<'_>> {
-    // Tabs are ASCII, so the cells of a valid UTF-8 line are valid UTF-8 too.
+    // Tabs are ASCII, so the cells of a valid UTF-8 line are valid UTF-8 too (and slicing
+    // the line at a tab is on a character boundary).
     let text = std::str::from_utf8(bytes).ok()?;
-    let mut cells = text.split('\t');
-    let mut next = || cells.next();
-    let scheduled_at = next()?;
-    let started_at = next()?;
-    let finished_at = next()?;
-    let duration_ms = next()?;
-    let priority = next()?;
-    let schedule = next()?;
-    let _cycle = next()?;
-    let mode = next()?;
-    let attempt = next()?;
-    let status = next()?;
-    let exit_code = next()?;
-    let cost_usd = next()?;
-    let note = next()?;
-    if next().is_some() {
+    let mut cells = [""; 13];
+    let mut start = 0;
+    let mut n = 0;
+    // memchr's SIMD search: `str::split` on a char was a third of the whole report.
+    for tab in memchr::memchr_iter(b'\t', bytes) {
+        *cells.get_mut(n).filter(|_| n < 12)? = &text[start..tab];
+        n += 1;
+        start = tab + 1;
+    }
+    if n != 12 {
         return None;
     }
+    cells[12] = &text[start..];
+    let [
+        scheduled_at,
+        started_at,
+        finished_at,
+        duration_ms,
+        priority,
+        schedule,
+        _cycle,
+        mode,
+        attempt,
+        status,
+        exit_code,
+        cost_usd,
+        note,
+    ] = cells;
     if !matches!(priority, "schedule" | "todo") {
         return None;
     }
@@ -339,20 +350,23 @@ mod tests {
     use chrono::{DateTime, TimeDelta, TimeZone, Utc};
     use rand::{Rng, SeedableRng};
 
+    /// The fields of a [`RowRef`], owned (a cost by its bits, so NaN could compare).
+    type Owned = (
+        Option<i64>,
+        i64,
+        i64,
+        u64,
+        String,
+        String,
+        Status,
+        Option<u64>,
+        String,
+    );
+
     /// What a reader produced, comparable between the two readers.
     #[derive(Default)]
     struct Collect {
-        rows: Vec<(
-            Option<i64>,
-            i64,
-            i64,
-            u64,
-            String,
-            String,
-            Status,
-            Option<u64>,
-            String,
-        )>,
+        rows: Vec<Owned>,
         bad: Vec<BadLine>,
     }
 
@@ -525,7 +539,7 @@ mod tests {
             assert_eq!(time_ms(&text), Some(ms), "{text}");
         }
         assert_eq!(time_ms("2025-02-29T00:00:00.000Z"), None);
-        assert_eq!(time_ms("2024-02-29T00:00:00.000Z").is_some(), true);
+        assert!(time_ms("2024-02-29T00:00:00.000Z").is_some());
         assert_eq!(time_ms("2026-11-21T10:00:60.000Z"), None);
     }
 
