@@ -915,7 +915,11 @@ fn cost(out: &mut String, report: &Report) {
             CHART_W - 10.0,
             LEFT - 6.0,
             ty + 4.0,
-            money(tick)
+            if step >= 1.0 {
+                format!("${}", thousands(tick.round() as u64))
+            } else {
+                money(tick)
+            }
         );
         tick += step;
     }

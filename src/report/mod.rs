@@ -27,7 +27,6 @@ pub mod reader;
 pub mod text;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::{self, Read};
 use std::path::Path;
 use std::str::FromStr;
@@ -96,19 +95,6 @@ impl Since {
                 .ok()
                 .and_then(|ago| now.checked_sub_signed(ago))
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
-        }
-    }
-}
-
-impl fmt::Display for Since {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Since::Ago(ago) => write!(f, "{}", humantime::format_duration(*ago)),
-            Since::At(at) => write!(
-                f,
-                "{}",
-                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
         }
     }
 }

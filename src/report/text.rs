@@ -45,10 +45,18 @@ pub fn render(report: &Report) -> String {
         )
     );
     if report.schedules.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nno rows in the window (an earlier --since reaches further back)"
-        );
+        let _ = match &report.schedule_filter {
+            Some(id) => writeln!(
+                out,
+                "\nno rows of schedule {} in the window (check the id; an earlier --since \
+                 reaches further back)",
+                printable(id)
+            ),
+            None => writeln!(
+                out,
+                "\nno rows in the window (an earlier --since reaches further back)"
+            ),
+        };
     }
     for schedule in &report.schedules {
         out.push('\n');
