@@ -27,6 +27,7 @@ pub mod program;
 pub mod prompt;
 pub mod protocol;
 pub mod recorder;
+pub mod report;
 pub mod runner;
 pub mod runs;
 pub mod schedule;

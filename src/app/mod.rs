@@ -8,6 +8,7 @@
 pub mod init;
 pub mod memory;
 pub mod next;
+pub mod report;
 pub mod resume;
 pub mod run_cycle;
 pub mod status;

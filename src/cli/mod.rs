@@ -93,6 +93,10 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         count: usize,
     },
+    /// Runs, failures, durations, lateness and cost per schedule and mode, from task_timing.tsv.
+    ///
+    /// Example: loop-orchestrator report --since 36h --html report.html
+    Report(ReportArgs),
     /// Lift the escalation of a schedule so it fires again.
     Resume {
         /// The schedule id.
@@ -129,6 +133,28 @@ pub struct RunCycleArgs {
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Rows that started since then: a duration back from now (7d, 36h, 90m), a date
+    /// (2026-11-20, midnight UTC) or an RFC 3339 time (2026-11-20T08:00:00Z).
+    #[arg(long, value_name = "DUR|DATE", default_value = "7d", value_parser = parse_since)]
+    pub since: crate::report::Since,
+    /// Only this schedule.
+    #[arg(long, value_name = "ID")]
+    pub schedule: Option<String>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as one self-contained HTML page (inline SVG and CSS).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+fn parse_since(text: &str) -> Result<crate::report::Since, String> {
+    text.parse()
+        .map_err(|_| format!("expected {}", crate::report::SINCE_FORMS))
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +218,7 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
             print!("{}", render::next(&fires));
             Ok(Code::OK)
         }
+        Command::Report(args) => report(&inst, args),
         Command::Resume { id } => {
             let resumed = app::resume::resume(&inst, &id)?;
             if let Some(warning) = &resumed.warning {
@@ -297,6 +324,34 @@ fn spawn_signal_cancel(cancel: CancellationToken) {
         eprintln!("signal received: stopping the running mode");
         cancel.cancel();
     });
+}
+
+fn report(inst: &Instance, args: ReportArgs) -> Result<Code, Error> {
+    use std::io::Write as _;
+    let request = app::report::Request {
+        since: args.since,
+        schedule: args.schedule,
+    };
+    let report = app::report::report(inst, &request, Utc::now())?;
+    let mut stdout = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(stdout))
+    } else {
+        stdout.write_all(crate::report::text::render(&report).as_bytes())
+    };
+    match printed {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Error::Failed(format!("cannot write the report: {err}")));
+        }
+        _ => {}
+    }
+    if let Some(file) = &args.html {
+        let size = app::report::write_page(file, &report)?;
+        eprintln!("wrote {} ({} KiB)", file.display(), size.div_ceil(1024));
+    }
+    Ok(Code::OK)
 }
 
 fn memory(inst: &Instance, command: MemoryCommand) -> Result<Code, Error> {
