@@ -4,6 +4,7 @@
 //! `run-cycle`) → [`cycle`] → [`runner`] → outcome → [`timing`] row + [`memory`] entry.
 //! The stores (`timing`, `memory`, `todo`) and the runner know nothing of cycles or the service.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod cron;
@@ -18,6 +19,7 @@ pub mod mode;
 pub mod notify;
 pub mod prompt;
 pub mod recorder;
+pub mod roomodes;
 pub mod runner;
 pub mod schedule;
 pub mod state;
