@@ -16,6 +16,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::agent::Usd;
 use crate::duration::HumanDuration;
 use crate::mode::Mode;
 use crate::schedule::{Schedule, ScheduleFields, ZoneField, is_slug};
@@ -100,6 +101,7 @@ struct FileFields {
     memory: Option<MemorySettings>,
     max_concurrent_cycles: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    max_cost_usd_per_day: Option<Usd>,
     /// Required and known here; its entries are read one by one from the document (by
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
@@ -114,6 +116,8 @@ pub struct Config {
     pub memory: MemorySettings,
     pub max_concurrent_cycles: usize,
     pub shutdown_grace: Duration,
+    /// The instance's daily budget over all its schedules.
+    pub max_cost_usd_per_day: Option<f64>,
     pub schedules: Vec<Schedule>,
     pub modes: BTreeMap<String, Mode>,
 }
@@ -449,6 +453,7 @@ pub fn parse_schedules(
         memory,
         max_concurrent_cycles,
         shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        max_cost_usd_per_day: file.max_cost_usd_per_day.map(|u| u.0),
         schedules,
         modes: modes.clone(),
     })
