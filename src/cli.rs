@@ -113,6 +113,9 @@ pub enum Command {
     /// Show, add to, or prune persistent-memory.md.
     #[command(subcommand)]
     Memory(MemoryCommand),
+    /// Import Roo Code modes (.roomodes, JSON or YAML) as modes/<slug>.md, or list the modes.
+    #[command(subcommand)]
+    Modes(ModesCommand),
     /// Write a working instance (schedules.json, modes/, TODO.md, memory, timing file).
     ///
     /// Existing files are kept. Example: loop-orchestrator init ~/my-repo
@@ -135,6 +138,26 @@ pub struct RunCycleArgs {
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModesCommand {
+    /// Write modes/<slug>.md for each mode of a .roomodes file; existing files are kept
+    /// unless --force. Exit 2 when a file was kept or the input has a problem.
+    ///
+    /// Example: loop-orchestrator modes import .roomodes --agent codex
+    Import {
+        /// The .roomodes file (its .roo/rules-<slug>/ folders are read too).
+        file: PathBuf,
+        /// The agent preset the modes run: claude, codex, gemini or aider.
+        #[arg(long, default_value = "claude")]
+        agent: String,
+        /// Replace existing mode files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Each mode, the agent or command it runs, and the schedules that use it.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,6 +200,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Resume { id } => crate::supervisor::resume(&dir, &id),
         Command::Todo { handoff } => todo(&dir, handoff),
         Command::Memory(command) => memory(&dir, command),
+        Command::Modes(command) => modes(&dir, command),
         Command::Init { target } => crate::init::init(target.as_deref().unwrap_or(&dir)),
     };
     ExitCode::from(code)
@@ -692,6 +716,52 @@ fn todo(dir: &Path, handoff: bool) -> u8 {
         }
     }
     EXIT_OK
+}
+
+fn modes(dir: &Path, command: ModesCommand) -> u8 {
+    let (file, agent, force) = match command {
+        ModesCommand::Import { file, agent, force } => (file, agent, force),
+        ModesCommand::List => {
+            let config = match load(dir) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            for m in crate::roomodes::list(&config) {
+                let used = if m.schedules.is_empty() {
+                    "no schedule".into()
+                } else {
+                    m.schedules.join(", ")
+                };
+                println!(
+                    "{:<15} {:<24} {}  (used by: {used})",
+                    m.slug, m.name, m.runs
+                );
+            }
+            return EXIT_OK;
+        }
+    };
+    let Some(agent) = crate::agent::Agent::from_name(&agent) else {
+        eprintln!("unknown agent {agent:?} (expected one of: claude, codex, gemini, aider)");
+        return EXIT_INVALID;
+    };
+    match crate::roomodes::import(dir, &file, agent, force) {
+        Ok(report) => {
+            report.written.iter().for_each(|p| println!("wrote {p}"));
+            report
+                .skipped
+                .iter()
+                .for_each(|p| println!("kept {p} (it exists; --force replaces it)"));
+            if report.skipped.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_INVALID
+            }
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            EXIT_INVALID
+        }
+    }
 }
 
 fn memory(dir: &Path, command: MemoryCommand) -> u8 {

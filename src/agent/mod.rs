@@ -76,6 +76,11 @@ impl Agent {
     pub fn preset(self) -> &'static Preset {
         &PRESETS[self as usize]
     }
+
+    /// The agent of a name as written in front matter (`claude`, `codex`, ...).
+    pub fn from_name(name: &str) -> Option<Agent> {
+        Agent::ALL.into_iter().find(|a| a.name() == name)
+    }
 }
 
 impl fmt::Display for Agent {
