@@ -161,10 +161,11 @@ mod tests {
 
     #[test]
     fn success_with_usage_priced() {
+        // The price fake-codex.sh names: 2000 fresh + 3000 cached × 0.1 + 1000 × 10.
         let price = Price {
-            input_per_mtok: Usd(1.25),
+            input_per_mtok: Usd(1.0),
             output_per_mtok: Usd(10.0),
-            cached_input_per_mtok: Some(Usd(0.125)),
+            cached_input_per_mtok: Some(Usd(0.1)),
         };
         let r = read(
             OutputFormat::CodexJsonl,
@@ -181,14 +182,13 @@ mod tests {
         assert_eq!(
             r.tokens,
             Some(Tokens {
-                input: 1_200,
-                output: 340,
-                cached: 800
+                input: 5_000,
+                output: 1_000,
+                cached: 3_000
             })
         );
-        let expected = (400.0 * 1.25 + 800.0 * 0.125 + 340.0 * 10.0) / 1e6;
-        assert!((r.cost_usd.unwrap() - expected).abs() < 1e-12);
-        assert_eq!(r.note, "tokens in/out/cached 1200/340/800");
+        assert!((r.cost_usd.unwrap() - 0.0123).abs() < 1e-12, "{r:?}");
+        assert_eq!(r.note, "tokens in/out/cached 5000/1000/3000");
     }
 
     #[test]

@@ -283,12 +283,12 @@ mod tests {
         assert_eq!(
             r.tokens,
             Some(Tokens {
-                input: 1_200,
-                output: 340,
-                cached: 600
+                input: 5_000,
+                output: 1_000,
+                cached: 3_000
             })
         );
-        assert_eq!(r.note, "tokens in/out/cached 1200/340/600");
+        assert_eq!(r.note, "tokens in/out/cached 5000/1000/3000");
     }
 
     #[test]
@@ -332,7 +332,7 @@ mod tests {
             failed(&r),
             "INVALID_STREAM: Model stream ended with an invalid chunk or missing finish reason."
         );
-        assert_eq!(r.tokens.unwrap().output, 340);
+        assert_eq!(r.tokens.unwrap().output, 1_000);
     }
 
     #[test]
