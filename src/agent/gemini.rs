@@ -243,14 +243,16 @@ impl LineSink for GeminiReader {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
-        let inside = collector.open;
-        if let Some(document) = collector.feed(&line) {
+        let was_open = collector.open;
+        let document = collector.feed(&line);
+        let in_document = was_open || collector.open;
+        if let Some(document) = document {
             self.said |= stream == Stream::Stdout;
             let cut = cut || document.len() >= MAX_KEPT;
             self.document(&document, cut);
             return;
         }
-        if inside || self.stdout.open && stream == Stream::Stdout {
+        if in_document {
             self.said |= stream == Stream::Stdout;
             return;
         }

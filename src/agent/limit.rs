@@ -12,7 +12,7 @@
 //!   `resets Apr 23 at 4pm (Europe/Berlin)`, `try again at 3:05 PM.`, `Try again at Dec 29th,
 //!   2026 10:15 PM.`; without a zone it is read in the given local zone (codex formats it in
 //!   the machine's zone), and without a date it is the next such time after `now`;
-//! - a duration: `try again in 1h12m`, `Your quota will reset after 2h36m24s.`, `Please retry
+//! - a duration: `try again in 1h12m`, `resets in 2h`, `wait 90 seconds`, `Your quota will reset after 2h36m24s.`, `Please retry
 //!   in 32.5s`, `retry after 60 seconds`;
 //! - an RFC 3339 instant after the same words.
 //!
@@ -123,7 +123,7 @@ const UNIT: &str = r"(?:milliseconds?|ms|seconds?|secs?|s|minutes?|mins?|m|hours
 
 static DURATION: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(&format!(
-        r"(?i)^[\s:·∙,\-–—]*(?:in|after|for)\s+((?:\d+(?:\.\d+)?\s*{UNIT}[\s,]*(?:and\s+)?)+)"
+        r"(?i)^[\s:·∙,\-–—]*(?:(?:in|after|for)\s+)?((?:\d+(?:\.\d+)?\s*{UNIT}[\s,]*(?:and\s+)?)+)"
     ))
     .expect("the duration pattern compiles")
 });
@@ -448,6 +448,18 @@ mod tests {
         assert_eq!(
             at("Suggested retry after 60s."),
             Some(now() + Duration::seconds(60))
+        );
+    }
+
+    #[test]
+    fn durations_without_a_preposition() {
+        assert_eq!(
+            at("please wait 90 seconds"),
+            Some(now() + Duration::seconds(90))
+        );
+        assert_eq!(
+            at("You've hit your fast limit · resets in 2h"),
+            Some(now() + Duration::hours(2))
         );
     }
 
