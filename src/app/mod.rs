@@ -7,6 +7,7 @@
 
 pub mod init;
 pub mod memory;
+pub mod modes;
 pub mod next;
 pub mod report;
 pub mod resume;

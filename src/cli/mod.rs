@@ -111,6 +111,9 @@ pub enum Command {
     /// Show, add to, or prune persistent-memory.md.
     #[command(subcommand)]
     Memory(MemoryCommand),
+    /// Import Roo Code modes (.roomodes, JSON or YAML) as modes/<slug>.md, or list the modes.
+    #[command(subcommand)]
+    Modes(ModesCommand),
     /// Write a working instance (schedules.json, modes/, TODO.md, memory, timing file).
     ///
     /// Existing files are kept. Example: loop-orchestrator init ~/my-repo
@@ -133,6 +136,26 @@ pub struct RunCycleArgs {
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModesCommand {
+    /// Write modes/<slug>.md for each mode of a .roomodes file; existing files are kept
+    /// unless --force. Exit 2 when a file was kept or the input has a problem.
+    ///
+    /// Example: loop-orchestrator modes import .roomodes --agent codex
+    Import {
+        /// The .roomodes file (its .roo/rules-<slug>/ folders are read too).
+        file: PathBuf,
+        /// The agent preset the modes run: claude, codex, gemini or aider.
+        #[arg(long, default_value = "claude")]
+        agent: String,
+        /// Replace existing mode files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Each mode, the agent or command it runs, and the schedules that use it.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +259,24 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
             Ok(Code::OK)
         }
         Command::Memory(command) => memory(&inst, command),
+        Command::Modes(ModesCommand::List) => {
+            print!("{}", render::modes(&app::modes::list(&inst)?));
+            Ok(Code::OK)
+        }
+        Command::Modes(ModesCommand::Import { file, agent, force }) => {
+            let report = app::modes::import(&inst, &file, &agent, force)?;
+            for path in &report.written {
+                println!("wrote {path}");
+            }
+            for path in &report.skipped {
+                println!("kept {path} (it exists; --force replaces it)");
+            }
+            Ok(if report.skipped.is_empty() {
+                Code::OK
+            } else {
+                Code::INVALID
+            })
+        }
         Command::Init { target } => {
             let target = target.unwrap_or(cli.dir);
             let done = app::init::init(&target)?;
