@@ -473,6 +473,32 @@ fn timing_rows_is_exactly_the_union_of_the_nodes_tsv_rows() {
         from_files.iter().any(|r| r[10] == "failed"),
         "failed rows are mirrored too"
     );
+    // `report --cluster` reads the same rows: every node's, per schedule.
+    let out = a
+        .command(&["report", "--cluster", "--json", "--since", "1h"])
+        .env("LOOP_ORCHESTRATOR_POSTGRES", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["rows_in_window"], from_files.len() as u64, "{report}");
+    for id in ["x", "y", "z"] {
+        let cycles_in_files = from_files
+            .iter()
+            .filter(|r| r[6] == id && r[8] == "cycle")
+            .count() as u64;
+        let schedule = report["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["schedule"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {report}"));
+        assert_eq!(schedule["cycles"], cycles_in_files, "{id}");
+    }
+    assert!(
+        report["file"].as_str().unwrap().contains("timing_rows of"),
+        "{report}"
+    );
 }
 
 #[test]

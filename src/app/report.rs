@@ -1,5 +1,7 @@
 //! `report`: runs, failures, durations, lateness and cost per schedule and mode, from
-//! task_timing.tsv (SPEC §10); the CLI prints it as a table or JSON and can write the page.
+//! task_timing.tsv (SPEC §10), or with `--cluster` from the rows every node mirrored to the
+//! cluster's database (SPEC §11); the CLI prints it as a table or JSON and can write the
+//! page.
 //!
 //! schedules.json is read loosely, for `max_cost_usd_per_day` only (on a schedule or in
 //! `defaults`): a report needs nothing but the timing file, so a missing or invalid
@@ -29,6 +31,53 @@ pub fn report(inst: &Instance, request: &Request, now: DateTime<Utc>) -> Result<
         budgets: budgets(inst),
     };
     crate::report::build_file(&inst.timing(), &options, now).map_err(Error::failed)
+}
+
+/// `report --cluster`: the same report over the cluster's `timing_rows` (every node's rows,
+/// SPEC §11), read from the database named by the `cluster` section.
+pub fn cluster_report(
+    inst: &Instance,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<Report, Error> {
+    let config = crate::config::Config::load(inst.root())?;
+    let section = config.cluster.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "report --cluster: {} has no \"cluster\" section",
+            crate::instance::SCHEDULES
+        ))
+    })?;
+    let (url, _) = section
+        .resolve(|key| std::env::var(key).ok())
+        .map_err(|err| Error::Invalid(format!("report --cluster: {err}")))?;
+    let since = request.since.resolve(now);
+    let lease = section.lease.0;
+    let runtime = crate::service::single_thread_runtime().map_err(Error::failed)?;
+    let rows = runtime
+        .block_on(async {
+            let db = crate::cluster::Db::connect(&url, lease).await?;
+            db.timing_rows(Some(since), request.schedule.as_deref())
+                .await
+        })
+        .map_err(|err| Error::Failed(format!("report --cluster: {err}")))?;
+    let nodes: std::collections::BTreeSet<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    let options = Options {
+        since,
+        schedule: request.schedule.clone(),
+        budgets: budgets(inst),
+    };
+    let name = format!(
+        "timing_rows of {} node(s) ({}) on {}",
+        nodes.len(),
+        nodes.into_iter().collect::<Vec<_>>().join(", "),
+        url.redacted()
+    );
+    Ok(crate::report::build_rows(
+        rows.iter().map(|(_, row)| row),
+        &name,
+        &options,
+        now,
+    ))
 }
 
 /// Writes the report's page to `file` whole (a browser reloading it never reads half);

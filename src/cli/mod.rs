@@ -177,6 +177,9 @@ pub struct ReportArgs {
     /// Also write the report as one self-contained HTML page (inline SVG and CSS).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// Report on every node's rows, read from the cluster's database (`timing_rows`).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 fn parse_since(text: &str) -> Result<crate::report::Since, String> {
@@ -392,7 +395,11 @@ fn report(inst: &Instance, args: ReportArgs) -> Result<Code, Error> {
         since: args.since,
         schedule: args.schedule,
     };
-    let report = app::report::report(inst, &request, Utc::now())?;
+    let report = if args.cluster {
+        app::report::cluster_report(inst, &request, Utc::now())?
+    } else {
+        app::report::report(inst, &request, Utc::now())?
+    };
     let mut stdout = std::io::stdout().lock();
     let printed = if args.json {
         serde_json::to_writer_pretty(&mut stdout, &report)

@@ -273,6 +273,24 @@ pub fn build(
     Ok(acc.finish(file.to_owned(), totals, options, now))
 }
 
+/// Reports on rows already read (`report --cluster`: the cluster's `timing_rows`, every
+/// node's rows in one stream), named `file` in the report.
+pub fn build_rows<'r>(
+    rows: impl IntoIterator<Item = &'r crate::timing::Row>,
+    file: &str,
+    options: &Options,
+    now: DateTime<Utc>,
+) -> Report {
+    let mut acc = Accumulator::new(options);
+    let mut totals = Totals::default();
+    for row in rows {
+        acc.row(&RowRef::from(row));
+        totals.rows += 1;
+        totals.lines += 1;
+    }
+    acc.finish(file.to_owned(), totals, options, now)
+}
+
 fn status_index(status: Status) -> usize {
     match status {
         Status::Ok => 0,
