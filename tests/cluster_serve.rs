@@ -481,7 +481,11 @@ fn timing_rows_is_exactly_the_union_of_the_nodes_tsv_rows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["rows_in_window"], from_files.len() as u64, "{report}");
+    assert_eq!(
+        report["rows_in_window"],
+        from_files.len() as u64,
+        "{report}"
+    );
     for id in ["x", "y", "z"] {
         let cycles_in_files = from_files
             .iter()
@@ -633,6 +637,30 @@ fn an_escalation_on_one_node_pauses_every_node_and_resume_on_another_lifts_it() 
     assert_eq!(db.count("SELECT count(*) FROM escalations"), 0);
     assert_eq!(serve_a.stop(), Some(0));
     assert_eq!(serve_b.stop(), Some(0));
+}
+
+#[test]
+fn a_second_live_node_with_the_same_name_is_refused_at_start() {
+    let Some(db) = TestDb::new() else { return };
+    let schedules = every_second(&["s"], "ok", "");
+    let (first, second) = (node("same", &schedules), node("same", &schedules));
+    let serve = start(&first, &db.url);
+    let out = second
+        .command(&["serve"])
+        .env("LOOP_ORCHESTRATOR_POSTGRES", &db.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("node name \"same\" is taken by a live node of another instance"),
+        "{stderr}"
+    );
+    assert!(cycle_rows(&second).is_empty());
+    assert_eq!(serve.stop(), Some(0));
+    // Stopped, the name is free again.
+    let again = start(&second, &db.url);
+    assert_eq!(again.stop(), Some(0));
 }
 
 /// Needs no database: the URL names a port nothing listens on.
