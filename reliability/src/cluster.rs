@@ -579,6 +579,15 @@ impl Drop for Node {
 
 // ------------------------------------------------------------------ a run
 
+/// The link state a node's service last wrote to service.json (what `status` shows).
+fn link_state(node: &Node) -> String {
+    let text = util::read_lossy(&node.path().join(".loop-orchestrator/service.json"));
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["cluster"]["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn at_fraction(start: Instant, total: Duration, fraction: f64) {
     let due = start + total.mul_f64(fraction);
     std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -680,6 +689,8 @@ fn run_scenario(bin: &Path, options: &Options, scenario: &str) -> Res<bool> {
     let mut kill_at = None;
     let mut cut_span = None;
     let mut down_span = None;
+    // What each node cut off said of its link in `status` (service.json), half-way through.
+    let mut said_down: Vec<(&str, String)> = Vec::new();
     if scenario == "faults" {
         let cut = cut.as_ref().expect("a cut in this scenario");
         at_fraction(clock, total, 0.25);
@@ -705,7 +716,9 @@ fn run_scenario(bin: &Path, options: &Options, scenario: &str) -> Res<bool> {
         cut.set(false)?;
         let from = Utc::now();
         events.push(("n2 cut off the database".into(), from));
-        std::thread::sleep(CUT);
+        std::thread::sleep(CUT / 2);
+        said_down.push(("n2", link_state(&nodes[1])));
+        std::thread::sleep(CUT / 2);
         cut.set(true)?;
         let to = Utc::now();
         events.push(("n2 reconnected to the database".into(), to));
@@ -720,7 +733,11 @@ fn run_scenario(bin: &Path, options: &Options, scenario: &str) -> Res<bool> {
         let from = Utc::now();
         server.down()?;
         events.push(("database stopped (pg_ctl stop -m fast)".into(), from));
-        std::thread::sleep(DB_DOWN);
+        std::thread::sleep(DB_DOWN / 2);
+        for node in &nodes {
+            said_down.push((node.name, link_state(node)));
+        }
+        std::thread::sleep(DB_DOWN / 2);
         server.up()?;
         let to = Utc::now();
         events.push(("database started".into(), to));
@@ -737,6 +754,13 @@ fn run_scenario(bin: &Path, options: &Options, scenario: &str) -> Res<bool> {
     let mut report = Report::default();
     for (what, at) in &events {
         report.info(&format!("t+{:.1}s", (*at - started).as_seconds_f64()), what);
+    }
+    for (name, state) in &said_down {
+        report.check(
+            &format!("{name} says in status that the database is unreachable"),
+            state,
+            state == "down",
+        );
     }
     for (name, code) in &codes {
         report.check(
