@@ -971,6 +971,50 @@ async fn rows_dropped_past_the_outbox_bound_are_resent_from_the_tsv() {
     a.stop().await.unwrap();
 }
 
+/// Found by the cluster harness: a node restarted after a SIGKILL writes rows at once (the
+/// reaper's `interrupted` rows of the killed process's cycles); sent first, they moved the
+/// "newest row in the table" past the rows the killed process had left unsent, and those
+/// were never resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_killed_process_left_unsent_are_resent_when_the_restart_writes_rows_first() {
+    let Some(t) = TestDb::new().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = TimingFile::new(dir.path().join("task_timing.tsv"));
+    let db = t.db().await;
+    let killed_at = Utc::now() - TimeDelta::minutes(2);
+    // The killed process sent its first row, not the two after it.
+    let left: Vec<Row> = (0..3)
+        .map(|i| {
+            row(
+                "s",
+                &format!("left{i}"),
+                "ok",
+                killed_at - TimeDelta::seconds(3 - i),
+                Status::Ok,
+            )
+        })
+        .collect();
+    tsv.append_all(&left).unwrap();
+    db.insert_rows("a", &left[..1]).await.unwrap();
+    let mut settings = t.settings("a");
+    settings.backfill_from = Some(tsv.path().to_path_buf());
+    let (a, _events) = Node::start(settings).await.unwrap();
+    // The restart's own row, much newer, queued before the first flush.
+    let reaped = row("s", "reaped", "cycle", Utc::now(), Status::Interrupted);
+    tsv.append(&reaped).unwrap();
+    a.mirror([reaped]);
+    a.flush().await.unwrap();
+    let sent = async {
+        while count(&db, "SELECT count(*) FROM timing_rows").await != 4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(LEASE * 2, sent)
+        .await
+        .unwrap_or_else(|_| panic!("rows left unsent by the killed process were not resent"));
+    a.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_live_node_with_the_same_name_is_refused() {
     let Some(t) = TestDb::new().await else { return };

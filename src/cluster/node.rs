@@ -1089,6 +1089,7 @@ async fn flush(shared: &Shared, db: &Db) -> Result<(), DbError> {
     let _one = shared.flushing.lock().await;
     let s = &shared.settings;
     let lease = s.lease;
+    resend_start(shared, db).await?;
     let (releases, finishes) = {
         let state = shared.state();
         (state.outbox.releases.clone(), state.outbox.finishes.clone())
@@ -1143,6 +1144,31 @@ async fn flush(shared: &Shared, db: &Db) -> Result<(), DbError> {
     resend(shared, db).await
 }
 
+/// At start, where the resend of rows a previous process never sent begins: after the newest
+/// row this node has in the table, read before this process sends any row of its own (the
+/// rows it writes at once, such as the reaper's for a killed predecessor's cycles, are newer
+/// than the ones that predecessor left unsent).
+async fn resend_start(shared: &Shared, db: &Db) -> Result<(), DbError> {
+    if shared.state().outbox.resend != Resend::AfterLastMirrored {
+        return Ok(());
+    }
+    let s = &shared.settings;
+    let floor = Utc::now() - chrono::TimeDelta::from_std(s.retention).unwrap_or_default();
+    // A row is written when it ends, so rows after the newest sent one are the unsent; a
+    // lease of slack covers rows appended out of order.
+    let last = within(s.lease, db.last_mirrored(&s.node)).await?;
+    let from = last.map_or(floor, |t| {
+        t - chrono::TimeDelta::from_std(s.lease).unwrap_or_default()
+    });
+    let mut state = shared.state();
+    state.outbox.resend = match state.outbox.resend {
+        Resend::AfterLastMirrored => Resend::From(from),
+        Resend::From(t) => Resend::From(t.min(from)),
+        Resend::None => Resend::From(from),
+    };
+    Ok(())
+}
+
 /// Sends rows of the TSV again: after an overflow, and at start for rows a previous
 /// process never sent. Inserts are idempotent, so rows already there cost nothing.
 async fn resend(shared: &Shared, db: &Db) -> Result<(), DbError> {
@@ -1155,14 +1181,8 @@ async fn resend(shared: &Shared, db: &Db) -> Result<(), DbError> {
     let from = match mode {
         Resend::None => return Ok(()),
         Resend::From(t) => t,
-        Resend::AfterLastMirrored => {
-            // A row is written when it ends, so rows after the newest sent one are the
-            // unsent; a lease of slack covers rows appended out of order.
-            let last = within(s.lease, db.last_mirrored(&s.node)).await?;
-            last.map_or(floor, |t| {
-                t - chrono::TimeDelta::from_std(s.lease).unwrap_or_default()
-            })
-        }
+        // Resolved by `resend_start` at the beginning of every flush.
+        Resend::AfterLastMirrored => return Ok(()),
     }
     .max(floor);
     // The file holds milliseconds, memory held finer: a second of slack, as inserts are

@@ -493,3 +493,85 @@ pub async fn last_claimed(node: Node, notes: mpsc::UnboundedSender<Note>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Rules;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_instance_id_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        let first = instance_id(&inst).unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(instance_id(&inst).unwrap(), first);
+        assert_eq!(
+            std::fs::read_to_string(inst.instance_id()).unwrap().trim(),
+            first
+        );
+        // Another instance directory is another instance.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(instance_id(&Instance::new(other.path())).unwrap(), first);
+    }
+
+    #[test]
+    fn a_survivor_writes_the_dead_nodes_cycle_interrupted_under_its_id() {
+        let taken = Interrupted {
+            key: ClaimKey {
+                schedule: "s".into(),
+                scheduled_at: at("2026-11-21T12:00:00Z"),
+                attempt: 1,
+            },
+            cycle: "20261121T120000.000Z-s".into(),
+            node: "n1".into(),
+            claimed_at: at("2026-11-21T12:00:00.004Z"),
+            lease_until: at("2026-11-21T12:00:30Z"),
+        };
+        let row = takeover_row(&taken, "n2", at("2026-11-21T12:00:31Z"));
+        assert_eq!(row.cycle, taken.cycle);
+        assert_eq!(row.mode, crate::timing::CYCLE_MODE);
+        assert_eq!(row.status, Status::Interrupted);
+        assert_eq!(row.scheduled_at, Some(taken.key.scheduled_at));
+        assert_eq!(row.started_at, taken.claimed_at);
+        assert_eq!(row.duration_ms, 30_996);
+        assert!(
+            row.note
+                .starts_with("interrupted: node n1 stopped renewing its lease"),
+            "{}",
+            row.note
+        );
+        assert!(row.note.ends_with("taken over by node n2"), "{}", row.note);
+    }
+
+    #[test]
+    fn an_instant_not_run_is_recorded_under_its_claims_cycle_and_attempt() {
+        let claim = Claim {
+            key: ClaimKey {
+                schedule: "s".into(),
+                scheduled_at: at("2026-11-21T12:00:00Z"),
+                attempt: 2,
+            },
+            cycle: "20261121T120000.000Z-s".into(),
+            fence: 7,
+            lease_until: at("2026-11-21T12:00:30Z"),
+            rules: Rules::default(),
+        };
+        let row = not_run_row(
+            &claim,
+            at("2026-11-21T12:00:00.010Z"),
+            Status::Skipped,
+            "overlap skip:\tthe previous cycle still runs on node n2",
+        );
+        assert_eq!(
+            (row.cycle.as_str(), row.attempt, row.status),
+            (claim.cycle.as_str(), 2, Status::Skipped)
+        );
+        assert!(!row.note.contains('\t'));
+        assert_eq!(cycle_id("s", claim.key.scheduled_at), claim.cycle);
+    }
+}
