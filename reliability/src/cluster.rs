@@ -1052,10 +1052,11 @@ fn judge_mirror(report: &mut Report, server: &Server, rows: &[(&str, Row)]) -> R
         );
         *in_files.entry(key).or_default() += 1;
     }
-    let missing = in_files
+    let missing_keys: Vec<&String> = in_files
         .keys()
         .filter(|k| !in_table.contains_key(*k))
-        .count();
+        .collect();
+    let missing = missing_keys.len();
     let extra = in_table
         .keys()
         .filter(|k| !in_files.contains_key(*k))
@@ -1070,6 +1071,9 @@ fn judge_mirror(report: &mut Report, server: &Server, rows: &[(&str, Row)]) -> R
         format!("{missing}, {extra}, {twice}"),
         missing == 0 && extra == 0 && twice == 0,
     );
+    for key in missing_keys.iter().take(5) {
+        report.info("  not in timing_rows", key);
+    }
     Ok(())
 }
 

@@ -328,6 +328,9 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a file on a full disk) is lost, never
+        // fatal: tracing-subscriber would report it with `eprintln!`, which panics then.
+        .log_internal_errors(false)
         .with_target(false);
     // Under systemd the journal adds its own timestamps and has no colours.
     let under_systemd =
