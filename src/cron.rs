@@ -340,21 +340,21 @@ impl Cron {
         tz: Tz,
     ) -> Option<DateTime<Tz>> {
         let next = self.next_naive(wall, false);
-        if let LocalResult::Ambiguous(earlier, later) = tz.from_local_datetime(&wall) {
-            if earlier == *local {
-                // `after` is in the first pass of a repeated hour. A match later in that
-                // pass comes first; failing that, the second pass replays the whole
-                // repeated range, including the part before `after`'s wall clock.
-                let (start, end) = fold_bounds(&earlier, &later, tz);
-                if let Some(wall_time) = next.filter(|wall_time| *wall_time < end) {
-                    return tz.from_local_datetime(&wall_time).earliest();
-                }
-                let replayed = self
-                    .next_naive(start, true)
-                    .filter(|wall_time| *wall_time < end);
-                if let Some(wall_time) = replayed {
-                    return tz.from_local_datetime(&wall_time).latest();
-                }
+        if let LocalResult::Ambiguous(earlier, later) = tz.from_local_datetime(&wall)
+            && earlier == *local
+        {
+            // `after` is in the first pass of a repeated hour. A match later in that
+            // pass comes first; failing that, the second pass replays the whole
+            // repeated range, including the part before `after`'s wall clock.
+            let (start, end) = fold_bounds(&earlier, &later, tz);
+            if let Some(wall_time) = next.filter(|wall_time| *wall_time < end) {
+                return tz.from_local_datetime(&wall_time).earliest();
+            }
+            let replayed = self
+                .next_naive(start, true)
+                .filter(|wall_time| *wall_time < end);
+            if let Some(wall_time) = replayed {
+                return tz.from_local_datetime(&wall_time).latest();
             }
         }
         let mut wall_time = next?;
