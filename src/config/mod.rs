@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono_tz::Tz;
+use crate::zone::Zone;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -69,6 +69,8 @@ struct FileFields {
     memory: Option<MemorySettings>,
     max_concurrent_cycles: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    #[serde(default)]
+    cluster: Option<crate::cluster::ClusterConfig>,
     /// Required and known here; its entries are read one by one from the document (by
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
@@ -79,12 +81,14 @@ struct FileFields {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dir: PathBuf,
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub memory: MemorySettings,
     pub max_concurrent_cycles: usize,
     pub shutdown_grace: Duration,
     pub schedules: Vec<Schedule>,
     pub modes: BTreeMap<String, Mode>,
+    /// SPEC §11; `None`: files only.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -273,7 +277,14 @@ pub fn parse_schedules(
             false,
         );
     }
-    let timezone = file.timezone.map_or(Tz::UTC, |z| z.0);
+    let timezone = file.timezone.map_or(Zone::utc(), |z| z.0);
+    for (field, message) in file.cluster.iter().flat_map(|c| c.check()) {
+        report(
+            vec![Seg::Key("cluster".into()), Seg::Key(field.into())],
+            message,
+            false,
+        );
+    }
 
     let mut schedules = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -342,7 +353,7 @@ pub fn parse_schedules(
                 false,
             );
         }
-        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir);
+        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone.clone(), dir);
         // serde_json's maps are sorted, so this text is canonical.
         schedule.fingerprint = format!("{entry}|{defaults_text}|{}", timezone.name());
         let modes_path = if fields.modes.is_some() {
@@ -420,6 +431,7 @@ pub fn parse_schedules(
         shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         schedules,
         modes: modes.clone(),
+        cluster: file.cluster,
     })
 }
 
