@@ -134,12 +134,39 @@ pub struct SetEnabledArgs {
     pub enabled: bool,
 }
 
-/// Decodes `arguments` as the arguments of `tool` and drops them: for the fuzz target, which
-/// checks that no input makes decoding panic. `None` for a tool that does not exist.
+/// What decoding a tool's arguments gave, with the schema's property names: for the fuzz
+/// target, which checks that decoding never panics and agrees with the schema the tool
+/// list publishes.
 #[cfg(any(test, feature = "testing"))]
-pub fn decode_for(tool: &str, arguments: Option<JsonObject>) -> Option<Result<(), String>> {
-    fn check<T: DeserializeOwned>(arguments: Option<JsonObject>) -> Result<(), String> {
-        decode::<T>(arguments).map(drop)
+#[derive(Debug)]
+pub struct Decoded {
+    pub result: Result<(), String>,
+    /// The properties of the tool's input schema.
+    pub properties: Vec<String>,
+    /// The properties the schema requires.
+    pub required: Vec<String>,
+}
+
+/// Decodes `arguments` as the arguments of `tool`; `None` for a tool that does not exist.
+#[cfg(any(test, feature = "testing"))]
+pub fn decode_for(tool: &str, arguments: Option<JsonObject>) -> Option<Decoded> {
+    fn check<T: DeserializeOwned + JsonSchema>(arguments: Option<JsonObject>) -> Decoded {
+        let schema = schemars::schema_for!(T);
+        let names = |key: &str| -> Vec<String> {
+            match schema.get(key) {
+                Some(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+                Some(serde_json::Value::Array(list)) => list
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        Decoded {
+            result: decode::<T>(arguments).map(drop),
+            properties: names("properties"),
+            required: names("required"),
+        }
     }
     Some(match tool {
         "status" | "list_schedules" | "todo_list" | "validate" => check::<NoArgs>(arguments),
@@ -153,6 +180,22 @@ pub fn decode_for(tool: &str, arguments: Option<JsonObject>) -> Option<Result<()
         _ => return None,
     })
 }
+
+/// The tools whose arguments [`decode_for`] knows.
+#[cfg(any(test, feature = "testing"))]
+pub const TOOLS: [&str; 11] = [
+    "status",
+    "list_schedules",
+    "next_fires",
+    "run_cycle",
+    "timing_rows",
+    "todo_list",
+    "memory_show",
+    "memory_add",
+    "validate",
+    "resume",
+    "set_enabled",
+];
 
 #[cfg(test)]
 mod tests {
@@ -182,22 +225,18 @@ mod tests {
     }
 
     #[test]
-    fn every_tool_with_arguments_has_a_decoder() {
-        for tool in [
-            "status",
-            "list_schedules",
-            "next_fires",
-            "run_cycle",
-            "timing_rows",
-            "todo_list",
-            "memory_show",
-            "memory_add",
-            "validate",
-            "resume",
-            "set_enabled",
-        ] {
-            assert!(decode_for(tool, None).is_some(), "{tool}");
+    fn every_tool_has_a_decoder_that_agrees_with_its_schema() {
+        for tool in TOOLS {
+            let decoded = decode_for(tool, None).unwrap();
+            // No arguments decode exactly when the schema requires none.
+            assert_eq!(
+                decoded.result.is_ok(),
+                decoded.required.is_empty(),
+                "{tool}"
+            );
         }
+        let add = decode_for("memory_add", None).unwrap();
+        assert_eq!(add.required, ["section", "text"]);
         assert!(decode_for("nope", None).is_none());
     }
 }

@@ -510,3 +510,24 @@ impl ServerHandler for LoopServer {
             .map(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_routed_tool_has_a_decoder() {
+        let mut routed: Vec<String> = LoopServer::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        routed.sort();
+        let mut decoded: Vec<String> = super::super::args::TOOLS
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        decoded.sort();
+        assert_eq!(routed, decoded);
+    }
+}
