@@ -939,8 +939,16 @@ struct Http {
 
 impl Http {
     fn start(inst: &Instance, token: Option<&str>) -> Http {
+        Http::start_with(inst, token, &[])
+    }
+
+    fn start_with(inst: &Instance, token: Option<&str>, extra: &[&str]) -> Http {
         use std::io::BufRead;
+        // reqwest (rmcp's HTTP client) is built with rustls and no provider of its own: ring,
+        // as the crate uses. Already installed by another test of this process is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut command = inst.command(&["mcp", "--http", "127.0.0.1:0"]);
+        command.args(extra);
         command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -967,7 +975,9 @@ impl Http {
             }
         });
         let port = url
-            .trim_start_matches("http://127.0.0.1:")
+            .rsplit_once(':')
+            .unwrap()
+            .1
             .trim_end_matches("/mcp")
             .parse()
             .unwrap();
@@ -1308,4 +1318,140 @@ async fn sigterm_stops_the_server_and_interrupts_its_cycle() {
     for pid in text.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
         assert!(!process_exists(pid), "pid {pid} survived");
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost (cert.pem, key.pem), made with the
+/// openssl command; `None` (the test skipped, with a message) without it, except in CI.
+fn self_signed(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    match made {
+        Ok(out) if out.status.success() => Some((cert, key)),
+        other if std::env::var_os("LOOP_TEST_REQUIRE_ALL").is_some() => {
+            panic!("openssl cannot make a test certificate: {other:?}")
+        }
+        other => {
+            eprintln!("skipped: the openssl command cannot make a test certificate ({other:?})");
+            None
+        }
+    }
+}
+
+/// A reqwest client that trusts `cert` alone, over rustls with the ring provider.
+fn https_client(cert: &std::path::Path) -> reqwest::Client {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_tls_cert_serves_an_mcp_client_and_only_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = self_signed(certs.path()) else {
+        return;
+    };
+    let inst = instance("");
+    // Files that are not a certificate or a key: exit 2 naming the file.
+    let out = inst
+        .command(&["mcp", "--http", "127.0.0.1:0", "--tls-cert"])
+        .arg(&key)
+        .arg("--tls-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("{}: no certificate", key.display())),
+        "{}",
+        common::text(&out)
+    );
+    let http = Http::start_with(
+        &inst,
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(http.url.starts_with("https://127.0.0.1:"), "{}", http.url);
+    // rmcp's client over TLS.
+    let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+        https_client(&cert),
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            http.url.clone(),
+        ),
+    );
+    let client = Client::default()
+        .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+        .await
+        .expect("initializes over TLS");
+    assert_ok(&call(&client, "status", json!({})).await);
+    client.cancel().await.unwrap();
+    // The server's own origin is https now; plain http is another origin.
+    let post = |origin: String| {
+        https_client(&cert)
+            .post(&http.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("origin", origin)
+            .body(
+                r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+            )
+            .send()
+    };
+    let port = http.port;
+    assert_eq!(
+        post(format!("https://127.0.0.1:{port}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(format!("http://127.0.0.1:{port}"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    // Plain HTTP gets no MCP answer.
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/mcp"))
+        .body("{}")
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
 }

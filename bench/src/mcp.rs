@@ -45,6 +45,8 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let bin = sys::orchestrator_bin()?;
     let dir = sys::tempdir()?;
     prepare(dir.path(), &bin)?;
+    // A reqwest built with the workspace's tests has rustls and no provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

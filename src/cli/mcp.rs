@@ -1,6 +1,7 @@
 //! `mcp`: the MCP server's command line (SPEC §9); the server itself is [`crate::mcp`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -15,8 +16,8 @@ pub struct McpArgs {
     /// on every request.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
-    /// Listen on addresses other than loopback; requires LOOP_ORCHESTRATOR_MCP_TOKEN. Put a
-    /// TLS reverse proxy in front.
+    /// Listen on addresses other than loopback; requires LOOP_ORCHESTRATOR_MCP_TOKEN. Use TLS
+    /// (--tls-cert and --tls-key, or a reverse proxy).
     #[arg(long, requires = "http")]
     pub allow_remote: bool,
     /// Another name clients reach the server by (a DNS name, a proxy's); repeatable.
@@ -25,6 +26,12 @@ pub struct McpArgs {
     /// A browser origin allowed to call the server (https://app.example:443); repeatable.
     #[arg(long, value_name = "ORIGIN", requires = "http")]
     pub allowed_origin: Vec<String>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn run(inst: &Instance, args: McpArgs) -> Result<Code, Error> {
@@ -49,6 +56,7 @@ pub fn run(inst: &Instance, args: McpArgs) -> Result<Code, Error> {
             token,
             allowed_hosts: args.allowed_host,
             allowed_origins: args.allowed_origin,
+            tls: args.tls_cert.zip(args.tls_key),
         },
     )
 }

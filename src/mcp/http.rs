@@ -7,7 +7,8 @@
 //!   machine's hostname when it listens on every address, or a `--allowed-host`. Anything
 //!   else is 403: a page whose name was rebound to this address (DNS rebinding) sends its
 //!   own name.
-//! - `Origin`, when present, must be the server's own (`http://<allowed host>:<port>`) or an
+//! - `Origin`, when present, must be the server's own (`http://<allowed host>:<port>`, or
+//!   `https://` with `--tls-cert`) or an
 //!   `--allowed-origin`; anything else, `null` included, is 403. Clients that are not
 //!   browsers send none.
 //! - When a token is configured (`LOOP_ORCHESTRATOR_MCP_TOKEN`) every request needs
@@ -48,6 +49,8 @@ pub struct HttpOptions {
     pub allowed_hosts: Vec<String>,
     /// More origins allowed to call it from a browser (`https://app.example:443`).
     pub allowed_origins: Vec<String>,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Who may call: the checks of the layer, fixed once the listening address is known.
@@ -123,10 +126,15 @@ impl Access {
         hosts.retain(|h| !h.is_empty());
         hosts.sort();
         hosts.dedup();
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut origins: Vec<Origin> = hosts
             .iter()
             .map(|host| Origin {
-                scheme: "http".into(),
+                scheme: scheme.into(),
                 host: host.clone(),
                 port: local.port(),
             })

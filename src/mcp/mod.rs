@@ -21,6 +21,7 @@ mod prompts;
 mod resources;
 mod server;
 mod text;
+mod tls;
 
 use std::sync::Arc;
 
@@ -71,12 +72,17 @@ pub fn serve_stdio(inst: &Instance) -> Result<Code, Error> {
     result
 }
 
-/// Serves MCP over Streamable HTTP until a signal arrives.
+/// Serves MCP over Streamable HTTP (HTTPS with `tls`) until a signal arrives.
 pub fn serve_http(inst: &Instance, options: HttpOptions) -> Result<Code, Error> {
     let addr = check_options(&options)?;
-    if options.allow_remote {
+    // Bad certificate files are invalid input, found before anything listens.
+    let acceptor = match &options.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    if options.allow_remote && acceptor.is_none() {
         eprintln!(
-            "warning: --allow-remote serves plain HTTP: put it behind a TLS reverse proxy, or the token and every result cross the network in clear text"
+            "warning: --allow-remote without --tls-cert serves plain HTTP: use TLS (--tls-cert and --tls-key, or a reverse proxy), or the token and every result cross the network in clear text"
         );
     }
     let rt = runtime()?;
@@ -88,18 +94,30 @@ pub fn serve_http(inst: &Instance, options: HttpOptions) -> Result<Code, Error> 
         let local = listener.local_addr().map_err(Error::failed)?;
         let access = Access::new(local, &options)?;
         tracing::debug!(?access, "mcp: access rules");
-        // The one line a supervisor (or a test) reads to learn the port.
-        eprintln!("mcp: serving http://{local}{PATH}");
         let app = router(shared.clone(), access);
         let stopping = shared.stop.clone();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stop = async move {
             signalled().await;
             tracing::info!("mcp: signal received: stopping");
             stopping.cancel();
-        });
-        server
-            .await
-            .map_err(|err| Error::Failed(format!("mcp: the HTTP server failed: {err}")))?;
+        };
+        // The one line a supervisor (or a test) reads to learn the port.
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        eprintln!("mcp: serving {scheme}://{local}{PATH}");
+        let served = match acceptor {
+            Some(acceptor) => {
+                let listener = tls::TlsListener::new(listener, acceptor).map_err(Error::failed)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        served.map_err(|err| Error::Failed(format!("mcp: the HTTP server failed: {err}")))?;
         finish(&shared).await;
         Ok(Code::OK)
     })
