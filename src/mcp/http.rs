@@ -35,6 +35,8 @@ use crate::exit::Error;
 
 /// The path of the MCP endpoint.
 pub const PATH: &str = "/mcp";
+/// How long a session may go without a message before rmcp ends it.
+pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3_600);
 /// The environment variable that holds the bearer token.
 pub const TOKEN_ENV: &str = "LOOP_ORCHESTRATOR_MCP_TOKEN";
 
@@ -260,12 +262,18 @@ pub fn router(shared: Arc<Shared>, access: Access) -> axum::Router {
     let config = StreamableHttpServerConfig::default()
         .disable_allowed_hosts()
         .with_cancellation_token(shared.stop.child_token());
+    // rmcp ends a session after `keep_alive` without a message on it, even while a request
+    // of that session is in flight; a mode may run for an hour without a word, so the idle
+    // limit is a day rather than rmcp's 5 minutes (a session whose client vanished without
+    // a DELETE is a task and a few kilobytes until then).
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
     let service = StreamableHttpService::new(
         {
             let shared = shared.clone();
             move || Ok(LoopServer::new(shared.clone()))
         },
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(sessions),
         config,
     );
     axum::Router::new()
