@@ -1455,3 +1455,38 @@ async fn https_with_tls_cert_serves_an_mcp_client_and_only_over_tls() {
         .await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_stdio_mid_cycle_leaves_interrupted_rows() {
+    let pids = tempfile::tempdir().unwrap();
+    let pid_file = pids.path().join("pids");
+    let inst = instance(&format!(
+        "SLEEP = \"300\", PID_FILE = \"{}\"",
+        pid_file.display()
+    ));
+    let mcp = Stdio::start(&inst).await;
+    let _pending = call_cancellable(&mcp, "run_cycle", json!({"schedule": "main"})).await;
+    wait_for(Duration::from_secs(10), "the mode starts", || {
+        pid_file.exists()
+    })
+    .await;
+    let Stdio {
+        client, mut child, ..
+    } = mcp;
+    // Closing the transport closes the server's stdin.
+    client.cancel().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the server exits after its client goes")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        inst.mode_statuses(),
+        [("first", "interrupted"), ("cycle", "interrupted")]
+            .map(|(m, s)| (m.to_string(), s.to_string()))
+    );
+    let text = std::fs::read_to_string(&pid_file).unwrap();
+    for pid in text.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
+        assert!(!process_exists(pid), "pid {pid} survived");
+    }
+}
