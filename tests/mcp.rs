@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use common::{BIN, Instance, fixture, process_exists};
 
 /// The tools SPEC §9 names.
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 12] = [
     "status",
     "list_schedules",
     "next_fires",
@@ -33,6 +33,7 @@ const TOOLS: [&str; 11] = [
     "validate",
     "resume",
     "set_enabled",
+    "report",
 ];
 
 /// A client that keeps the progress notifications it receives.
@@ -348,6 +349,24 @@ async fn stdio_client_calls_every_tool_and_reads_every_resource_and_prompt() {
     assert_eq!(found["total"], inst.rows().len());
     let failed_only = mcp.call("timing_rows", json!({"status": "failed"})).await;
     assert_eq!(structured(&failed_only)["matched"], 0);
+
+    // report against the TSV: the rows of the one cycle, per mode.
+    let report = mcp.call("report", json!({"since": "1h"})).await;
+    assert_ok(&report);
+    let summary = structured(&report);
+    assert_eq!(summary["rows_in_window"], inst.rows().len());
+    assert_eq!(summary["schedules"][0]["schedule"], "main");
+    assert_eq!(summary["schedules"][0]["cycles"], 1);
+    let modes: Vec<(&str, u64)> = summary["schedules"][0]["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["mode"].as_str().unwrap(), m["ok"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(modes, [("first", 1), ("second", 1), ("cycle", 1)]);
+    assert!(text_of(&report).contains("main"), "{}", text_of(&report));
+    let empty = mcp.call("report", json!({"since": "2999-01-01"})).await;
+    assert_eq!(structured(&empty)["rows_in_window"], 0);
 
     // todo_list against TODO.md.
     let todo = mcp.call("todo_list", json!({})).await;
@@ -743,11 +762,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         &mcp.call("timing_rows", json!({"status": "exploded"})).await,
         "unknown status \"exploded\" (expected one of: ok, failed",
     );
-    assert_tool_error(
-        &mcp.call("timing_rows", json!({"since": "last tuesday"}))
-            .await,
-        "since \"last tuesday\"",
-    );
+    for tool in ["timing_rows", "report"] {
+        assert_tool_error(
+            &mcp.call(tool, json!({"since": "last tuesday"})).await,
+            "since \"last tuesday\": expected a duration back from now",
+        );
+    }
     // Unknown schedule.
     for (tool, args) in [
         ("run_cycle", json!({"schedule": "nope"})),

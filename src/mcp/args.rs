@@ -127,6 +127,16 @@ pub struct ScheduleArgs {
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct ReportArgs {
+    /// Rows that started since then: a duration back from now (`7d`, `36h`, `90m`), a date
+    /// (`2026-11-20`, midnight UTC) or an RFC 3339 time. Default `7d`.
+    pub since: Option<String>,
+    /// Only this schedule.
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SetEnabledArgs {
     /// The schedule id.
     pub schedule: String,
@@ -177,13 +187,14 @@ pub fn decode_for(tool: &str, arguments: Option<JsonObject>) -> Option<Decoded> 
         "memory_add" => check::<MemoryAddArgs>(arguments),
         "resume" => check::<ScheduleArgs>(arguments),
         "set_enabled" => check::<SetEnabledArgs>(arguments),
+        "report" => check::<ReportArgs>(arguments),
         _ => return None,
     })
 }
 
 /// The tools whose arguments [`decode_for`] knows.
 #[cfg(any(test, feature = "testing"))]
-pub const TOOLS: [&str; 11] = [
+pub const TOOLS: [&str; 12] = [
     "status",
     "list_schedules",
     "next_fires",
@@ -195,6 +206,7 @@ pub const TOOLS: [&str; 11] = [
     "validate",
     "resume",
     "set_enabled",
+    "report",
 ];
 
 #[cfg(test)]

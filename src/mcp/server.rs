@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::args::{
-    ARGUMENT_ERROR, MemoryAddArgs, MemoryShowArgs, NextFiresArgs, NoArgs, Parameters, RunCycleArgs,
-    ScheduleArgs, SetEnabledArgs, TimingRowsArgs,
+    ARGUMENT_ERROR, MemoryAddArgs, MemoryShowArgs, NextFiresArgs, NoArgs, Parameters, ReportArgs,
+    RunCycleArgs, ScheduleArgs, SetEnabledArgs, TimingRowsArgs,
 };
 use super::text;
 use crate::app;
@@ -396,6 +396,26 @@ impl LoopServer {
         let edited =
             blocking(move || app::enable::set_enabled(&inst, &args.schedule, args.enabled)).await;
         respond(edited, |edited| done(text::enabled(&edited), &edited))
+    }
+
+    #[tool(
+        description = "`report`: per schedule and mode the runs, ok %, failed/timeout/blocked, p50/p95/max duration and cost; per schedule lateness p50/p99, cycles per day, the longest failure streak; cost per day. From task_timing.tsv, since a time (default 7d).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn report(&self, Parameters(args): Parameters<ReportArgs>) -> CallToolResult {
+        let since = match text::since(args.since.as_deref().unwrap_or("7d")) {
+            Ok(since) => since,
+            Err(err) => return failed(&err),
+        };
+        let request = app::report::Request {
+            since,
+            schedule: args.schedule,
+        };
+        let inst = self.inst();
+        let report = blocking(move || app::report::report(&inst, &request, Utc::now())).await;
+        respond(report, |report| {
+            done(crate::report::text::render(&report), &report)
+        })
     }
 }
 
