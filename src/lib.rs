@@ -21,6 +21,7 @@ pub mod heap;
 pub mod instance;
 pub mod leftover;
 pub mod lock;
+pub mod mcp;
 pub mod memory;
 pub mod mode;
 pub mod problem;
