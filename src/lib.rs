@@ -20,6 +20,7 @@ pub mod instance;
 pub mod leftover;
 pub mod lock;
 pub mod memory;
+pub mod metrics;
 pub mod mode;
 pub mod problem;
 pub mod program;

@@ -64,7 +64,9 @@ pub enum Command {
     ///
     /// Fires every enabled schedule on its cron instants, reloads on edits and SIGHUP, and
     /// stops cleanly on SIGTERM/SIGINT. One service per directory.
-    Serve,
+    ///
+    /// Example: loop-orchestrator serve --metrics 127.0.0.1:9464
+    Serve(ServeArgs),
     /// Run one cycle now and wait for it.
     ///
     /// Without --schedule, every enabled schedule runs, one after the other, in file order.
@@ -114,6 +116,29 @@ pub enum Command {
         /// Where (default: --dir).
         target: Option<PathBuf>,
     },
+    /// Print a shell completion script.
+    ///
+    /// Example: loop-orchestrator completions bash > ~/.local/share/bash-completion/completions/loop-orchestrator
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    ///
+    /// Example: loop-orchestrator man > ~/.local/share/man/man1/loop-orchestrator.1
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics, health at /healthz and /readyz, and
+    /// a read-only page at / (wins over "metrics" in schedules.json).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Allow a metrics address other hosts can reach (nothing there is authenticated; put
+    /// it behind a firewall or a proxy).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,7 +189,13 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
     crate::config::allow_insecure_config(cli.allow_insecure_config);
     let inst = Instance::new(cli.dir.clone());
     match cli.command {
-        Command::Serve => crate::service::serve(&inst),
+        Command::Serve(args) => crate::service::serve(
+            &inst,
+            &crate::service::Options {
+                metrics: args.metrics,
+                metrics_allow_remote: args.metrics_allow_remote,
+            },
+        ),
         Command::RunCycle(args) => run_cycle(&inst, args),
         Command::Validate => {
             let valid = app::validate::validate(&inst)?;
@@ -209,6 +240,18 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
             Ok(Code::OK)
         }
         Command::Memory(command) => memory(&inst, command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let name = command.get_name().to_string();
+            clap_complete::generate(shell, &mut command, name, &mut std::io::stdout());
+            Ok(Code::OK)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout().lock())
+                .map_err(|err| Error::Failed(format!("man: {err}")))?;
+            Ok(Code::OK)
+        }
         Command::Init { target } => {
             let target = target.unwrap_or(cli.dir);
             let done = app::init::init(&target)?;
@@ -229,7 +272,7 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
 
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = match (cli.verbose, matches!(cli.command, Command::Serve)) {
+    let default = match (cli.verbose, matches!(cli.command, Command::Serve(_))) {
         (0, false) => "warn",
         (0, true) | (1, _) => "info",
         _ => "debug",
