@@ -208,13 +208,13 @@ fn skip(why: &str) -> bool {
     true
 }
 
+/// One sample as Python reads it: name, labels, value.
+type PySample = (String, BTreeMap<String, String>, f64);
+
 /// The samples Python's `prometheus_client` parses from `body` (its OpenMetrics parser when
 /// `openmetrics`, its text parser otherwise), as `(name, labels, value)`; `None` when the
 /// module is not installed.
-fn python_samples(
-    body: &str,
-    openmetrics: bool,
-) -> Option<Vec<(String, BTreeMap<String, String>, f64)>> {
+fn python_samples(body: &str, openmetrics: bool) -> Option<Vec<PySample>> {
     const SCRIPT: &str = r#"
 import json, sys
 try:
@@ -256,8 +256,7 @@ print(json.dumps([[s.name, s.labels, s.value] for f in parse(sys.stdin.read()) f
         "prometheus_client refused the exposition: {}\n{body}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let parsed: Vec<(String, BTreeMap<String, String>, f64)> =
-        serde_json::from_slice(&out.stdout).unwrap();
+    let parsed: Vec<PySample> = serde_json::from_slice(&out.stdout).unwrap();
     Some(parsed)
 }
 
