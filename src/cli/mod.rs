@@ -7,6 +7,7 @@
 //! (SPEC §7): 0 success, 1 a mode failed, 2 invalid input, 75 the schedule's cycle is already
 //! running (EX_TEMPFAIL), 130 interrupted by a signal.
 
+mod live;
 mod render;
 
 use std::path::PathBuf;
@@ -357,7 +358,12 @@ fn run_cycle(inst: &Instance, args: RunCycleArgs) -> Result<Code, Error> {
     rt.block_on(async {
         let cancel = CancellationToken::new();
         spawn_signal_cancel(cancel.clone());
-        let outcome = app::run_cycle::run(inst, &request, cancel, render::progress).await?;
+        let outcome = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let mut live = live::Live::default();
+            app::run_cycle::run(inst, &request, cancel, |event| live.event(event)).await?
+        } else {
+            app::run_cycle::run(inst, &request, cancel, render::progress).await?
+        };
         Ok(outcome.exit_code())
     })
 }
