@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked -p loop-orchestrator -p bench
 cargo run --release --locked -p bench -- all --smoke
+# Cluster claims need a PostgreSQL (CI sets LOOP_TEST_POSTGRES).
+if [ -n "${LOOP_TEST_POSTGRES:-}" ]; then cargo run --release --locked -p bench -- claims --seconds 1; fi

@@ -603,7 +603,7 @@ mod tests {
         let schedule = Schedule::resolve(
             fields,
             &ScheduleFields::default(),
-            chrono_tz::Tz::UTC,
+            crate::zone::Zone::utc(),
             std::path::Path::new("inst"),
         );
         let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();

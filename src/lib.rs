@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod cycle;
@@ -34,3 +35,4 @@ pub mod service;
 pub mod state;
 pub mod timing;
 pub mod todo;
+pub mod zone;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono_tz::Tz;
+use crate::zone::Zone;
 use serde::{Deserialize, Deserializer, de};
 
 use crate::cron::Cron;
@@ -62,8 +62,8 @@ impl<'de> Deserialize<'de> for CronField {
 }
 
 /// An IANA time zone name, checked while the file is read.
-#[derive(Debug, Clone, Copy)]
-pub struct ZoneField(pub Tz);
+#[derive(Debug, Clone)]
+pub struct ZoneField(pub Zone);
 
 impl<'de> Deserialize<'de> for ZoneField {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -100,7 +100,7 @@ pub struct Schedule {
     pub id: String,
     pub task: String,
     pub cron: Cron,
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub modes: Vec<String>,
     pub enabled: bool,
     /// Limit of each mode run (a mode's own, smaller limit wins).
@@ -125,7 +125,7 @@ impl Schedule {
     pub fn resolve(
         fields: ScheduleFields,
         defaults: &ScheduleFields,
-        file_timezone: Tz,
+        file_timezone: Zone,
         instance: &std::path::Path,
     ) -> Schedule {
         let d = defaults.clone();
@@ -212,7 +212,7 @@ mod tests {
             r#"{"id": "x", "task": "t", "timeout": "90s", "env": {"B": "2"}}"#,
         )
         .unwrap();
-        let s = Schedule::resolve(fields, &defaults, Tz::UTC, std::path::Path::new("inst"));
+        let s = Schedule::resolve(fields, &defaults, Zone::utc(), std::path::Path::new("inst"));
         assert_eq!(s.timeout, Duration::from_secs(90));
         assert_eq!(s.max_failures, 5);
         assert_eq!(s.env.get("A").map(String::as_str), Some("1"));

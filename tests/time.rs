@@ -43,7 +43,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use chrono_tz::Tz;
 use common::Instance;
 use loop_orchestrator::cron::Cron;
 use loop_orchestrator::timing::{Row, TimingFile};
@@ -297,11 +296,11 @@ fn assert_fires_match_cron(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
 ) {
-    let tz: Tz = tz.parse().expect("time zone");
+    let tz = loop_orchestrator::zone::Zone::parse(tz).expect("time zone");
     for (id, expr) in schedules {
         let cron = Cron::parse(expr).expect("cron");
         let expected: Vec<DateTime<Utc>> = cron
-            .iter_after(from, tz)
+            .iter_after(from, &tz)
             .take_while(|t| *t <= until)
             .collect();
         assert_eq!(

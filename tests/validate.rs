@@ -209,13 +209,13 @@ fn symlink_to_another_users_file_is_refused() {
     }
 }
 
-/// build.rs links the binary at a fixed address on Linux, so the dynamic loader does not
-/// rewrite chrono-tz's tables at every start (figure 5 in BENCHMARKS.md), unless the build
-/// asked for a position-independent one.
+/// The binary is a position-independent executable, its image randomized like everything
+/// else: it listens on sockets (metrics, MCP). It once was linked at a fixed address to spare
+/// the loader chrono-tz's 1.2 MB of pointer tables; time zones now come from the system's
+/// database, so there is nothing left to relocate at start (figure 5 in BENCHMARKS.md).
 #[cfg(target_os = "linux")]
 #[test]
-fn the_binary_is_linked_at_a_fixed_address_unless_asked_otherwise() {
-    const ET_EXEC: u16 = 2;
+fn the_binary_is_position_independent() {
     const ET_DYN: u16 = 3;
     use std::io::Read;
     let mut header = [0u8; 18];
@@ -224,6 +224,70 @@ fn the_binary_is_linked_at_a_fixed_address_unless_asked_otherwise() {
         .unwrap();
     assert_eq!(&header[..4], b"\x7fELF");
     let e_type = u16::from_le_bytes([header[16], header[17]]);
-    let pie = option_env!("LOOP_ORCHESTRATOR_PIE").is_some_and(|v| v != "0");
-    assert_eq!(e_type, if pie { ET_DYN } else { ET_EXEC });
+    assert_eq!(e_type, ET_DYN);
+}
+
+/// A minimal TZif file (RFC 8536, version 2): no transitions, one local time type at
+/// `offset_hours` east of UTC named `abbr`, and its POSIX rule in the footer.
+fn tzif(offset_hours: i32, abbr: &str) -> Vec<u8> {
+    let mut counts = Vec::new();
+    for count in [0u32, 0, 0, 0, 1, abbr.len() as u32 + 1] {
+        counts.extend(count.to_be_bytes());
+    }
+    let mut block = Vec::new();
+    block.extend((offset_hours * 3600).to_be_bytes());
+    block.extend([0u8, 0u8]);
+    block.extend(abbr.as_bytes());
+    block.push(0);
+    let mut file = Vec::new();
+    for version in [b'2', b'2'] {
+        file.extend(b"TZif");
+        file.push(version);
+        file.extend([0u8; 15]);
+        file.extend(&counts);
+        file.extend(&block);
+    }
+    file.extend(format!("\n{abbr}{}\n", -offset_hours).as_bytes());
+    file
+}
+
+/// Time zones come from the system's database (TZDIR first), as cron and systemd read them:
+/// a tzdata update applies without a rebuild. A zone file the test writes moves `next`.
+#[test]
+fn next_reads_time_zones_from_the_system_database_tzdir_first() {
+    let inst = Instance::new(
+        r#"[{ "id": "noon", "task": "t", "cron": "0 12 * * *", "timezone": "Europe/Berlin" }]"#,
+    );
+    for mode in [
+        "implementation",
+        "validation",
+        "quality",
+        "integration",
+        "planning",
+    ] {
+        inst.mode(mode, "[\"true\"]", "");
+    }
+    let next = |tzdir: Option<&std::path::Path>| {
+        let mut command = inst.command(&["next", "noon", "--count", "1"]);
+        if let Some(dir) = tzdir {
+            command.env("TZDIR", dir);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tzdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tzdir.path().join("Europe")).unwrap();
+    std::fs::write(tzdir.path().join("Europe/Berlin"), tzif(5, "XYZ")).unwrap();
+    let shifted = next(Some(tzdir.path()));
+    // Noon at UTC+5 is 07:00 UTC, every day of the year.
+    assert!(shifted.contains("12:00:00 XYZ (+05:00)"), "{shifted}");
+    assert!(shifted.contains("T07:00:00Z"), "{shifted}");
+    if std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists() {
+        let system = next(None);
+        assert!(
+            system.contains(" CET (+01:00)") || system.contains(" CEST (+02:00)"),
+            "{system}"
+        );
+    }
 }

@@ -17,6 +17,7 @@
 //! `BENCH_DIR` or the system temp dir.
 
 mod append;
+mod claims;
 mod cycle;
 mod fire;
 mod instance;
@@ -69,7 +70,8 @@ const FIGURES: [(u8, &str, Measure); 8] = [
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
 
 const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] [--out FILE]
-figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale";
+figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale
+       bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)";
 
 struct Args {
     figures: Vec<u8>,
@@ -126,13 +128,14 @@ fn main() -> ExitCode {
     let worker = match args.first().map(String::as_str) {
         Some("__append-worker") => Some(append::worker(&args[1..])),
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
+        Some("claims") => Some(claims::main(&args[1..])),
         _ => None,
     };
     if let Some(result) = worker {
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("worker: {e}");
+                eprintln!("{}: {e}", args[0]);
                 ExitCode::FAILURE
             }
         };

@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
     for schedule in &config.schedules {
         let mut previous = start;
         for _ in 0..3 {
-            let Some(next) = schedule.cron.next_after(previous, schedule.timezone) else {
+            let Some(next) = schedule.cron.next_after(previous, &schedule.timezone) else {
                 break;
             };
             assert!(

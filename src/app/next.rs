@@ -42,14 +42,11 @@ pub fn next(
             enabled: s.enabled,
             fires: s
                 .cron
-                .iter_after(now, s.timezone)
+                .iter_after(now, &s.timezone)
                 .take(count)
                 .map(|at| Fire {
                     at,
-                    local: at
-                        .with_timezone(&s.timezone)
-                        .format("%Y-%m-%d %H:%M:%S %Z (%:z)")
-                        .to_string(),
+                    local: s.timezone.format(at, "%Y-%m-%d %H:%M:%S %Z (%:z)"),
                 })
                 .collect(),
         })

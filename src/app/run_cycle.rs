@@ -415,7 +415,7 @@ fn next_fire_while_serving(inst: &Instance, config: &Config) -> Option<(String, 
         .schedules
         .iter()
         .filter(|s| s.enabled)
-        .filter_map(|s| Some((s.cron.next_after(now, s.timezone)?, s.id.clone())))
+        .filter_map(|s| Some((s.cron.next_after(now, &s.timezone)?, s.id.clone())))
         .min()
         .map(|(at, id)| (id, at))
 }

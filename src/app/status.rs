@@ -117,7 +117,7 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
                         .get(s.id.as_str())
                         .map(Vec::as_slice)
                         .unwrap_or(&[]);
-                    let next = s.cron.next_after(now, s.timezone);
+                    let next = s.cron.next_after(now, &s.timezone);
                     let running = LockFile::schedule(inst, &s.id).ok().and_then(|l| l.probe());
                     ScheduleStatus {
                         id: s.id.clone(),
@@ -125,11 +125,7 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
                         timezone: s.timezone.name().to_string(),
                         enabled: s.enabled,
                         next_fire: next,
-                        next_fire_local: next.map(|t| {
-                            t.with_timezone(&s.timezone)
-                                .format("%Y-%m-%d %H:%M:%S %Z")
-                                .to_string()
-                        }),
+                        next_fire_local: next.map(|t| s.timezone.format(t, "%Y-%m-%d %H:%M:%S %Z")),
                         running,
                         last_cycle: history.last().map(|r| LastCycle {
                             status: r.status.to_string(),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use chrono_tz::Tz;
+use crate::zone::Zone;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -70,6 +70,8 @@ struct FileFields {
     max_concurrent_cycles: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
     metrics: Option<ListenAddress>,
+    #[serde(default)]
+    cluster: Option<crate::cluster::ClusterConfig>,
     /// Required and known here; its entries are read one by one from the document (by
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
@@ -96,7 +98,7 @@ impl<'de> Deserialize<'de> for ListenAddress {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub dir: PathBuf,
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub memory: MemorySettings,
     pub max_concurrent_cycles: usize,
     pub shutdown_grace: Duration,
@@ -104,6 +106,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     pub schedules: Vec<Schedule>,
     pub modes: BTreeMap<String, Mode>,
+    /// SPEC §11; `None`: files only.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -292,7 +296,14 @@ pub fn parse_schedules(
             false,
         );
     }
-    let timezone = file.timezone.map_or(Tz::UTC, |z| z.0);
+    let timezone = file.timezone.map_or(Zone::utc(), |z| z.0);
+    for (field, message) in file.cluster.iter().flat_map(|c| c.check()) {
+        report(
+            vec![Seg::Key("cluster".into()), Seg::Key(field.into())],
+            message,
+            false,
+        );
+    }
 
     let mut schedules = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -361,7 +372,7 @@ pub fn parse_schedules(
                 false,
             );
         }
-        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone, dir);
+        let mut schedule = Schedule::resolve(fields.clone(), &defaults, timezone.clone(), dir);
         // serde_json's maps are sorted, so this text is canonical.
         schedule.fingerprint = format!("{entry}|{defaults_text}|{}", timezone.name());
         let modes_path = if fields.modes.is_some() {
@@ -440,6 +451,7 @@ pub fn parse_schedules(
         metrics: file.metrics.map(|a| a.0),
         schedules,
         modes: modes.clone(),
+        cluster: file.cluster,
     })
 }
 

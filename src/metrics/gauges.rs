@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::{FloatGauge, Metrics, ScheduleLabel};
 use crate::schedule::Schedule;
+use crate::zone::Zone;
 
 /// Instants looked at for a schedule's interval: enough to see a weekend in a weekday
 /// schedule and the longest month in a monthly one.
@@ -39,7 +40,7 @@ struct Shown {
     escalated: Gauge,
     next: Option<DateTime<Utc>>,
     /// The cron expression and zone the interval was computed for.
-    cron: (String, chrono_tz::Tz),
+    cron: (String, Zone),
     next_gauge: Option<FloatGauge>,
     queued: bool,
 }
@@ -95,7 +96,7 @@ impl Publisher {
                 escalated: m.escalated.get_or_create_owned(&label),
                 label,
                 next: None,
-                cron: (String::new(), chrono_tz::UTC),
+                cron: (String::new(), Zone::utc()),
                 next_gauge: None,
                 queued: false,
             }
@@ -137,7 +138,7 @@ impl Publisher {
                     m.interval.remove(&shown.label);
                 }
             }
-            shown.cron = (schedule.cron.expr().to_string(), schedule.timezone);
+            shown.cron = (schedule.cron.expr().to_string(), schedule.timezone.clone());
         }
     }
 
@@ -159,7 +160,7 @@ fn interval(schedule: &Schedule, next: DateTime<Utc>) -> Option<f64> {
     let mut longest = None;
     for instant in schedule
         .cron
-        .iter_after(next, schedule.timezone)
+        .iter_after(next, &schedule.timezone)
         .take(INTERVAL_INSTANTS)
     {
         let gap = (instant - previous).num_milliseconds() as f64 / 1e3;
@@ -181,7 +182,7 @@ mod tests {
         Schedule::resolve(
             fields,
             &ScheduleFields::default(),
-            chrono_tz::UTC,
+            Zone::utc(),
             std::path::Path::new("inst"),
         )
     }

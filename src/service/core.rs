@@ -104,7 +104,7 @@ impl Entry {
 
     fn arm(&mut self, from: DateTime<Utc>) {
         self.next = if self.schedule.enabled && !self.escalated {
-            self.schedule.cron.next_after(from, self.schedule.timezone)
+            self.schedule.cron.next_after(from, &self.schedule.timezone)
         } else {
             None
         };
@@ -237,7 +237,7 @@ impl Core {
                 continue;
             };
             let Some(first) = entry.next else { continue };
-            let (cron, tz) = (&entry.schedule.cron, entry.schedule.timezone);
+            let (cron, tz) = (&entry.schedule.cron, &entry.schedule.timezone);
             let mut instants = Vec::new();
             if now - first > STALE_AFTER {
                 let latest = latest_at_or_before(cron, tz, now, first).unwrap_or(first);
@@ -441,7 +441,7 @@ impl Core {
                 .filter_map(|r| r.scheduled_at)
                 .max();
             let Some(last) = last else { continue };
-            let (cron, tz) = (&entry.schedule.cron, entry.schedule.timezone);
+            let (cron, tz) = (&entry.schedule.cron, &entry.schedule.timezone);
             let missed = cron
                 .next_after(last, tz)
                 .filter(|t| *t <= now)
@@ -520,7 +520,7 @@ fn withdraw(entry: &mut Entry, now: DateTime<Utc>, how: &str, actions: &mut Vec<
 /// minute's worth of steps, not a day's.
 pub fn latest_at_or_before(
     cron: &crate::cron::Cron,
-    tz: chrono_tz::Tz,
+    tz: &crate::zone::Zone,
     now: DateTime<Utc>,
     floor: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
@@ -562,7 +562,7 @@ mod tests {
         let mut s = Schedule::resolve(
             fields,
             &ScheduleFields::default(),
-            chrono_tz::UTC,
+            crate::zone::Zone::utc(),
             std::path::Path::new("inst"),
         );
         s.fingerprint = json.to_string();
@@ -945,21 +945,31 @@ mod tests {
         let now = at("2026-11-21T12:00:00.500Z");
         let floor = at("2026-11-20T12:00:00Z");
         assert_eq!(
-            latest_at_or_before(&every_second, chrono_tz::UTC, now, floor),
+            latest_at_or_before(&every_second, &crate::zone::Zone::utc(), now, floor),
             Some(at("2026-11-21T12:00:00Z"))
         );
         let hourly = Cron::parse("@hourly").unwrap();
         assert_eq!(
-            latest_at_or_before(&hourly, chrono_tz::UTC, now, floor),
+            latest_at_or_before(&hourly, &crate::zone::Zone::utc(), now, floor),
             Some(at("2026-11-21T12:00:00Z"))
         );
         let yearly = Cron::parse("0 0 1 1 *").unwrap();
         assert_eq!(
-            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2025-06-01T00:00:00Z")),
+            latest_at_or_before(
+                &yearly,
+                &crate::zone::Zone::utc(),
+                now,
+                at("2025-06-01T00:00:00Z")
+            ),
             Some(at("2026-01-01T00:00:00Z"))
         );
         assert_eq!(
-            latest_at_or_before(&yearly, chrono_tz::UTC, now, at("2026-02-01T00:00:00Z")),
+            latest_at_or_before(
+                &yearly,
+                &crate::zone::Zone::utc(),
+                now,
+                at("2026-02-01T00:00:00Z")
+            ),
             None
         );
     }
