@@ -22,6 +22,7 @@ mod cycle;
 mod fire;
 mod instance;
 mod lateness;
+mod metrics;
 mod prune;
 mod report;
 mod scale;
@@ -71,7 +72,8 @@ const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md
 
 const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] [--out FILE]
 figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale
-       bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)";
+       bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)
+       bench metrics [--quick] [--smoke] [--write]   (serve --metrics: scrapes, and figure 1 beside it)";
 
 struct Args {
     figures: Vec<u8>,
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         Some("__append-worker") => Some(append::worker(&args[1..])),
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
         Some("claims") => Some(claims::main(&args[1..])),
+        Some("metrics") => Some(metrics::main(&args[1..])),
         _ => None,
     };
     if let Some(result) = worker {

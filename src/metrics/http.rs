@@ -1,8 +1,12 @@
 //! The metrics address: `/metrics`, `/healthz`, `/readyz` and a read-only page at `/`, as
-//! an axum [`router`] that another router can merge, served by hyper on the worker
-//! runtime (never on the scheduler loop's thread).
+//! an axum [`router`] that another router can merge, served by hyper on a thread of its own
+//! ([`spawn`]).
 //!
 //! Rules, so that HTTP clients cannot disturb the scheduler:
+//! - never on the scheduler loop's thread, and not on the cycles' worker runtime either:
+//!   there a scrape waited behind the cycles' tasks (100–500 ms at 1,000 schedules a
+//!   second, BENCHMARKS.md figure 10), as the loop's timer once did (figure 1); on a
+//!   current-thread runtime of its own it takes what encoding takes;
 //! - loopback addresses only, unless the operator allows others ([`bind`]): nothing here
 //!   is authenticated;
 //! - at most [`MAX_CONNECTIONS`] connections; one more is accepted and closed at once, so
@@ -71,6 +75,18 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/", get(dashboard))
         .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
         .with_state(metrics)
+}
+
+/// Serves `router` on `listener` from a thread of its own, with a current-thread runtime,
+/// for the life of the process.
+pub fn spawn(listener: std::net::TcpListener, router: Router) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || runtime.block_on(serve(listener, router)))?;
+    Ok(())
 }
 
 /// Accepts connections on `listener` until the runtime shuts down. Must run on a runtime

@@ -9,7 +9,7 @@
 //!   `on_escalate` hook.
 //! - [`timer`], [`watch`], [`notify`]: the deadline timer, the directory watcher, sd_notify.
 //! - With a metrics address ([`Options::metrics`] or `"metrics"` in schedules.json), the
-//!   [`crate::metrics`] HTTP server on the worker runtime: its address is bound before
+//!   [`crate::metrics`] HTTP server on a thread of its own: its address is bound before
 //!   anything starts (a refused address is exit 2, before READY), its counters are a row
 //!   sink of the recorder, its gauges and health are fed by the loop.
 //!
@@ -119,7 +119,9 @@ pub fn serve_with(
     if let (Some(listener), Some(metrics)) = (listener, &metrics) {
         tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics: serving /metrics, /healthz, /readyz and /");
         let router = crate::metrics::http::router(Arc::clone(metrics));
-        workers.spawn(crate::metrics::http::serve(listener, router));
+        crate::metrics::http::spawn(listener, router).map_err(|err| {
+            Error::Failed(format!("serve: cannot start the metrics server: {err}"))
+        })?;
     }
     let handle = workers.handle().clone();
     let result = loop_rt.block_on(async move {
