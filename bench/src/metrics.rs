@@ -2,7 +2,9 @@
 //! (SPEC §10). Not part of `all`: it runs figure 1's heaviest case three times.
 //!
 //! The client scrapes `/metrics` every 100 ms over one keep-alive connection with the
-//! `Accept` header Prometheus 3 sends; latency is request to last byte of the body.
+//! `Accept` header Prometheus 3 sends; latency is request to last byte of the body. The
+//! baseline is `/healthz` fetched right after each scrape on the same connection: the wait
+//! any request has on this machine at that moment, without the exposition's work.
 //!
 //! - **Scrape cost**: 1,000 schedules fire every second for 3 s, then a reload moves them
 //!   to a minute half an hour away, so the exposition holds what a busy service's does
@@ -42,6 +44,9 @@ const USAGE: &str = "usage: bench metrics [--quick] [--smoke] [--write] [--out F
 struct Scrapes {
     /// Milliseconds, request to last byte.
     latency: Vec<f64>,
+    /// The same for `/healthz` (a few bytes, no encoding), fetched right after each scrape
+    /// on the same connection: what any request waits on this machine at that moment.
+    health: Vec<f64>,
     failed: Vec<String>,
     bytes: usize,
     lines: usize,
@@ -105,7 +110,9 @@ fn figure(size: Size) -> Figure {
         "Metrics scrape",
         format!(
             "`/metrics` scraped every 100 ms for {secs} s over one keep-alive connection, with the \
-             `Accept` header of Prometheus 3 (OpenMetrics); latency: request to last byte. \
+             `Accept` header of Prometheus 3 (OpenMetrics); latency: request to last byte; \
+             baseline: `/healthz` (a few bytes) fetched right after each scrape on the same \
+             connection, the wait of any request on this machine at that moment. \
              *Scrape cost*: {n} schedules fire every second for 3 s, then a reload moves them to a \
              minute half an hour away, so the exposition holds a busy service's series and nothing \
              fires while it is scraped. *Lateness beside scrapes*: figure 1's service at N = {n} \
@@ -177,13 +184,18 @@ fn figure(size: Size) -> Figure {
 /// The lines of one scraping run; `p99_target`: the 10 ms target applies to it.
 fn scrape_lines(figure: &mut Figure, case: &str, s: &Scrapes, p99_target: bool, judged: bool) {
     let latency = Samples::new(s.latency.clone());
+    let health = Samples::new(s.health.clone());
     for (metric, pct) in [
         ("scrape latency p50", 50.0),
         ("scrape latency p99", 99.0),
         ("scrape latency max", 100.0),
     ] {
         let v = latency.percentile(pct);
-        let mut line = Line::new(case, metric).ours(stats::ms(v));
+        let base = health.percentile(pct);
+        let mut line = Line::new(case, metric)
+            .ours(stats::ms(v))
+            .baseline(stats::ms(base))
+            .ratio(stats::ratio(v, base));
         if pct == 99.0 && p99_target {
             let verdict = if judged {
                 Verdict::judge(v <= 10.0)
@@ -383,6 +395,7 @@ fn scrape(addr: std::net::SocketAddr, window: std::ops::Range<i64>) -> Scrapes {
         .build()
         .into();
     let url = format!("http://{addr}/metrics");
+    let health = format!("http://{addr}/healthz");
     let mut scrapes = Scrapes::default();
     lateness::sleep_until_second(window.start, Duration::ZERO);
     let start = Instant::now();
@@ -405,6 +418,15 @@ fn scrape(addr: std::net::SocketAddr, window: std::ops::Range<i64>) -> Scrapes {
                 .failed
                 .push(format!("no build_info in {} bytes", body.len())),
             Err(e) => scrapes.failed.push(e.to_string()),
+        }
+        let sent = Instant::now();
+        if agent
+            .get(&health)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .is_ok()
+        {
+            scrapes.health.push(sent.elapsed().as_secs_f64() * 1e3);
         }
         next += SCRAPE_EVERY;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));

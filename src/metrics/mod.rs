@@ -224,6 +224,10 @@ impl Metrics {
             "Lines of persistent-memory.md",
             m.memory_lines.clone(),
         );
+        // Both results from the start, so that a rule on `rejected` sees 0 before the first.
+        for result in ["ok", "rejected"] {
+            m.reloads.get_or_create_owned(&ResultLabel { result });
+        }
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
