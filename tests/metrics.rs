@@ -683,3 +683,211 @@ fn garbage_and_ten_thousand_idle_connections_do_not_disturb_the_fires() {
         assert!(fired[0] < 1_000, "second {second}: {} ms late", fired[0]);
     }
 }
+
+/// A fenced block of README.md that starts with `first_line`.
+fn readme_block(first_line: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find(&format!("```yaml\n{first_line}\n"))
+        .unwrap_or_else(|| panic!("README.md has no yaml block starting {first_line:?}"));
+    let body = &readme[start + "```yaml\n".len()..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+fn promtool() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    found || !skip("promtool is not installed (apt-get install prometheus)")
+}
+
+#[test]
+fn the_readme_scrape_job_and_alert_rules_check_and_fire_as_documented() {
+    if !promtool() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yml"), readme_block("groups:")).unwrap();
+    let config = format!(
+        "{}rule_files: [rules.yml]\n",
+        readme_block("scrape_configs:")
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let check = Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    // Synthetic series, one minute apart from time 0 (promtool's clock).
+    let tests = r#"rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'loop_orchestrator_escalated{instance="a",schedule="nightly"}'
+        values: '0 0 1x20'
+      - series: 'loop_orchestrator_escalated{instance="a",schedule="main"}'
+        values: '0x20'
+      # "main" last succeeded at time 0 and fires every 2 minutes: alert past 4 minutes.
+      - series: 'loop_orchestrator_last_cycle_timestamp_seconds{instance="a",schedule="main",status="ok"}'
+        values: '0x20'
+      - series: 'loop_orchestrator_schedule_interval_seconds{instance="a",schedule="main"}'
+        values: '120x20'
+      # "hourly" succeeded at 10 minutes; its interval is an hour: no alert.
+      - series: 'loop_orchestrator_last_cycle_timestamp_seconds{instance="a",schedule="hourly",status="ok"}'
+        values: '600x20'
+      - series: 'loop_orchestrator_schedule_interval_seconds{instance="a",schedule="hourly"}'
+        values: '3600x20'
+      # Ten fires a minute, half of them between 1 s and 2.5 s late.
+      - series: 'loop_orchestrator_fire_lateness_seconds_bucket{instance="a",le="1"}'
+        values: '0+5x20'
+      - series: 'loop_orchestrator_fire_lateness_seconds_bucket{instance="a",le="2.5"}'
+        values: '0+10x20'
+      - series: 'loop_orchestrator_fire_lateness_seconds_bucket{instance="a",le="+Inf"}'
+        values: '0+10x20'
+    alert_rule_test:
+      - eval_time: 1m
+        alertname: LoopScheduleEscalated
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: LoopScheduleEscalated
+        exp_alerts:
+          - exp_labels: {instance: a, schedule: nightly}
+            exp_annotations:
+              summary: "nightly escalated: paused until its entry changes or `loop-orchestrator resume nightly`"
+      - eval_time: 4m
+        alertname: LoopNoSuccessfulCycle
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: LoopNoSuccessfulCycle
+        exp_alerts:
+          - exp_labels: {instance: a, schedule: main}
+            exp_annotations:
+              summary: "main: no successful cycle in twice its interval"
+      - eval_time: 3m
+        alertname: LoopFireLateness
+        exp_alerts: []
+      - eval_time: 10m
+        alertname: LoopFireLateness
+        exp_alerts:
+          - exp_labels: {instance: a}
+            exp_annotations:
+              summary: "fires start more than 1 s after their instant (p99 over 15 min)"
+"#;
+    std::fs::write(dir.path().join("tests.yml"), tests).unwrap();
+    let run = Command::new("promtool")
+        .args(["test", "rules", "tests.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+}
+
+/// A loopback port no one listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_service() {
+    if !promtool() {
+        return;
+    }
+    let inst = instance(
+        r#"[{ "id": "tick", "task": "t", "cron": "* * * * * *", "modes": ["pass"] }]"#,
+        "",
+    );
+    let aside = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&inst, aside.path(), &["--metrics", "127.0.0.1:0"], &[]);
+    // The metrics as promtool's linter reads them (names, units, help, types).
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "a cycle is counted", || {
+        serve
+            .get("/metrics")
+            .body
+            .contains("loop_orchestrator_cycles_total{")
+    });
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(serve.get("/metrics").body.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty(),
+        "{}",
+        text(&lint)
+    );
+
+    let port = free_port();
+    let config = format!(
+        "scrape_configs:\n  - job_name: loop-orchestrator\n    scrape_interval: 1s\n    static_configs:\n      - targets: [\"{}\"]\n",
+        serve.addr
+    );
+    std::fs::write(aside.path().join("prometheus.yml"), config).unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            aside.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            aside.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(aside.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let api = SocketAddr::from(([127, 0, 0, 1], port));
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let reply = get(api, &format!("/api/v1/query?query={q}"), None).ok()?;
+        serde_json::from_str(&reply.body).ok()
+    };
+    let mut targets = serde_json::Value::Null;
+    let scraped = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(up) = query("up")
+                && up["data"]["result"][0]["value"][1] == "1"
+            {
+                return true;
+            }
+            if let Ok(reply) = get(api, "/api/v1/targets", None) {
+                targets = serde_json::from_str(&reply.body).unwrap_or_default();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    })();
+    let build = query("loop_orchestrator_build_info");
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let log = std::fs::read_to_string(aside.path().join("prometheus.log")).unwrap_or_default();
+    assert!(
+        scraped,
+        "Prometheus never scraped the service: {targets}\n{log}"
+    );
+    let build = build.unwrap();
+    assert_eq!(
+        build["data"]["result"][0]["metric"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{build}"
+    );
+    assert_eq!(serve.stop(), Some(0));
+}
