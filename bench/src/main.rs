@@ -183,7 +183,13 @@ fn main() -> ExitCode {
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
     if args.write {
-        match report::write_file(&args.out, &machine, &figures, args.size.as_str(), &date) {
+        match report::write_file(
+            &args.out,
+            Some(&machine),
+            &figures,
+            args.size.as_str(),
+            &date,
+        ) {
             Ok(()) => eprintln!("wrote {}", args.out.display()),
             Err(e) => {
                 eprintln!("cannot write {}: {e}", args.out.display());

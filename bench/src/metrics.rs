@@ -68,9 +68,13 @@ pub fn main(args: &[String]) -> Result<(), String> {
             _ => return Err(USAGE.into()),
         }
     }
-    let bin = crate::sys::orchestrator_bin();
-    let machine = crate::sys::machine_description(bin.as_ref().ok().map(|p| p.as_path()));
-    let figure = figure(size);
+    let load_before = load_average();
+    let mut figure = figure(size);
+    figure.notes.push(format!(
+        "load average (1 min) of the machine before and after: {load_before} and {}; the scrape \
+         latencies are wall time on a machine shared with other work",
+        load_average()
+    ));
     println!("{}", report::TABLE_HEAD);
     print!("{}", report::rows(&figure));
     for note in &figure.notes {
@@ -83,7 +87,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
         report::write_file(
             &out,
-            &machine,
+            None,
             std::slice::from_ref(&figure),
             size.as_str(),
             &date,
@@ -380,6 +384,14 @@ fn cpu_time(pid: u32) -> Result<Duration, String> {
         .flatten()
         .unwrap_or(100) as u64;
     Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// The 1-minute load average, from /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// A loopback address no one listens on now.
