@@ -32,6 +32,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, None)
 }
 
+/// [`write_atomic`] of a file for others to read too (a report page): mode 0644.
+pub fn write_atomic_readable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, Some(0o644))
+}
+
 /// [`write_atomic`] over an existing file, keeping its permission bits (a file people edit,
 /// such as schedules.json, keeps the mode its owner gave it).
 pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> io::Result<()> {

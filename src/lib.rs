@@ -7,6 +7,7 @@
 //! runner know nothing of cycles or the service; [`instance`] knows every path. README's
 //! "Code map" lists every module in the order data flows.
 
+pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod cluster;
@@ -28,6 +29,8 @@ pub mod program;
 pub mod prompt;
 pub mod protocol;
 pub mod recorder;
+pub mod report;
+pub mod roomodes;
 pub mod runner;
 pub mod runs;
 pub mod schedule;

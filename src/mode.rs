@@ -6,7 +6,8 @@
 //! whole element `{prompt_file}` is replaced. `alternatives` are further argvs tried in
 //! order when the program of `command` is not installed; `if_missing` says whether a mode
 //! with no installed program fails or is skipped (an agent CLI is optional, a build tool
-//! is not).
+//! is not). `agent` names a preset (SPEC §8) that supplies `command`, `prompt` and `output`
+//! where the file gives none; `fallback` argvs are for a rate-limited agent.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::agent::{Agent, OutputFormat, Price};
 use crate::duration::HumanDuration;
 
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
@@ -48,7 +50,14 @@ pub enum IfMissing {
 #[serde(deny_unknown_fields)]
 struct FrontMatter {
     name: Option<String>,
-    command: Vec<String>,
+    command: Option<Vec<String>>,
+    agent: Option<Agent>,
+    output: Option<OutputFormat>,
+    #[serde(default)]
+    fallback: Vec<Vec<String>>,
+    price: Option<Price>,
+    #[serde(default)]
+    expect_output: bool,
     #[serde(default)]
     alternatives: Vec<Vec<String>>,
     prompt: Option<PromptKind>,
@@ -79,6 +88,15 @@ pub struct Mode {
     pub retries: u32,
     pub env: BTreeMap<String, String>,
     pub if_missing: IfMissing,
+    /// The agent preset named by `agent`.
+    pub agent: Option<Agent>,
+    /// How the output is read: the file's `output`, else the preset's, else `auto`.
+    pub output: OutputFormat,
+    /// Argvs tried in order, within the same run, when the agent is rate limited.
+    pub fallback: Vec<Vec<String>>,
+    pub price: Option<Price>,
+    /// An exit 0 with no output at all fails the run.
+    pub expect_output: bool,
     /// The markdown after the front matter.
     pub instructions: String,
     pub path: PathBuf,
@@ -151,16 +169,32 @@ impl Mode {
                 .or_else(|| toml_text.find(&format!("{key}=")))
                 .map_or((2, 1), |at| line_col(text, body_start + at))
         };
-        let mut commands = vec![front.command];
+        let preset = front.agent.map(Agent::preset);
+        let Some(command) = front
+            .command
+            .or_else(|| preset.map(|p| p.argv.iter().map(|a| a.to_string()).collect()))
+        else {
+            return Err(problem(
+                2,
+                1,
+                "no `command`: give an argv such as [\"cargo\", \"test\"], or an `agent` (claude, codex, gemini, aider)".into(),
+            ));
+        };
+        let mut commands = vec![command];
         commands.extend(front.alternatives);
+        let empty_fallback = front
+            .fallback
+            .iter()
+            .any(|argv| argv.first().is_none_or(|p| p.is_empty()));
         if let Some(empty) = commands
             .iter()
             .position(|argv| argv.is_empty() || argv[0].is_empty())
+            .or(empty_fallback.then_some(usize::MAX))
         {
-            let key = if empty == 0 {
-                "command"
-            } else {
-                "alternatives"
+            let key = match empty {
+                0 => "command",
+                usize::MAX => "fallback",
+                _ => "alternatives",
             };
             let (line, column) = key_at(key);
             return Err(problem(
@@ -181,14 +215,29 @@ impl Mode {
             slug: slug.to_string(),
             name: front.name.unwrap_or_else(|| slug.to_string()),
             commands,
-            prompt: front.prompt.unwrap_or(PromptKind::Stdin),
+            prompt: front
+                .prompt
+                .or(preset.map(|p| p.prompt))
+                .unwrap_or(PromptKind::Stdin),
             timeout: front.timeout.map(|t| t.0),
             kill_grace: front.kill_grace.map_or(DEFAULT_KILL_GRACE, |t| t.0),
             on_failure: front.on_failure.unwrap_or(OnFailure::Stop),
             always: front.always,
             retries: front.retries,
-            env: front.env,
+            env: preset
+                .into_iter()
+                .flat_map(|p| p.env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .chain(front.env)
+                .collect(),
             if_missing: front.if_missing.unwrap_or(IfMissing::Fail),
+            agent: front.agent,
+            output: front
+                .output
+                .or(preset.map(|p| p.output))
+                .unwrap_or_default(),
+            fallback: front.fallback,
+            price: front.price,
+            expect_output: front.expect_output,
             instructions: rest[instructions_start..].trim().to_string(),
             path: path.to_path_buf(),
         })
@@ -270,6 +319,67 @@ mod tests {
     fn empty_command_is_refused() {
         let err = parse("+++\ncommand = []\n+++\n").unwrap_err();
         assert!(err.message.contains("needs a program"), "{}", err.message);
+    }
+
+    #[test]
+    fn agent_preset_supplies_command_prompt_and_output() {
+        use crate::agent::OutputFormat;
+        let mode = parse("+++\nagent = \"gemini\"\nexpect_output = true\n+++\n").unwrap();
+        assert_eq!(mode.commands[0][0], "gemini");
+        assert_eq!(mode.output, OutputFormat::GeminiJson);
+        assert_eq!(mode.env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
+        assert!(mode.expect_output);
+        let mode = parse(
+            "+++\nagent = \"aider\"\ncommand = [\"aider\", \"--model\", \"x\"]\nfallback = [[\"aider\", \"--model\", \"y\"]]\nprice = { input_per_mtok = 3, output_per_mtok = 15 }\n+++\n",
+        )
+        .unwrap();
+        assert_eq!(
+            mode.commands,
+            vec![vec!["aider", "--model", "x"]],
+            "command wins"
+        );
+        assert_eq!(mode.prompt, PromptKind::File);
+        assert_eq!(mode.output, OutputFormat::Text);
+        assert_eq!(mode.fallback, vec![vec!["aider", "--model", "y"]]);
+        assert_eq!(mode.price.unwrap().output_per_mtok.0, 15.0);
+        let mode = parse("+++\ncommand = [\"true\"]\n+++\n").unwrap();
+        assert_eq!((mode.agent, mode.output), (None, OutputFormat::Auto));
+    }
+
+    #[test]
+    fn bad_agent_fields_are_reported_at_their_line() {
+        for (text, line, wanted) in [
+            (
+                "+++\nagent = \"claud\"\n+++\n",
+                2,
+                "unknown variant `claud`",
+            ),
+            (
+                "+++\ncommand = [\"x\"]\noutput = \"json\"\n+++\n",
+                3,
+                "unknown variant `json`",
+            ),
+            (
+                "+++\nagent = \"codex\"\nprice = { input_per_mtok = -2, output_per_mtok = 1 }\n+++\n",
+                3,
+                "0 or more",
+            ),
+            (
+                "+++\nagent = \"codex\"\nprice = { input_per_mtok = \"2\", output_per_mtok = 1 }\n+++\n",
+                3,
+                "invalid type",
+            ),
+            (
+                "+++\nagent = \"codex\"\nfallback = [[]]\n+++\n",
+                3,
+                "`fallback` needs a program",
+            ),
+            ("+++\nname = \"x\"\n+++\n", 2, "no `command`"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, line, "{text}: {err:?}");
+            assert!(err.message.contains(wanted), "{text}: {}", err.message);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::zone::Zone;
 use serde::{Deserialize, Deserializer, de};
 
+use crate::agent::Usd;
 use crate::cron::Cron;
 use crate::duration::HumanDuration;
 
@@ -27,6 +28,8 @@ pub const DEFAULT_MODES: [&str; 5] = [
 pub const DEFAULT_CRON: &str = "0 */10 * * * *";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3_600);
 pub const DEFAULT_MAX_FAILURES: u32 = 3;
+/// How long a schedule pauses after its agents were rate limited without a reset time.
+pub const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// What a fire does when the schedule's previous cycle still runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -92,6 +95,8 @@ pub struct ScheduleFields {
     pub jitter: Option<HumanDuration>,
     pub env: Option<BTreeMap<String, String>>,
     pub cwd: Option<PathBuf>,
+    pub rate_limit_pause: Option<HumanDuration>,
+    pub max_cost_usd_per_day: Option<Usd>,
 }
 
 /// A resolved schedule: every field has its value.
@@ -113,6 +118,10 @@ pub struct Schedule {
     pub env: BTreeMap<String, String>,
     /// Working directory of the modes; relative paths are resolved against the instance.
     pub cwd: PathBuf,
+    /// Pause after a rate limit whose end the agent did not say.
+    pub rate_limit_pause: Duration,
+    /// Fires are skipped once the day's cost reaches this (in the schedule's time zone).
+    pub max_cost_usd_per_day: Option<f64>,
     /// The entry and the defaults as canonical JSON: equal exactly when the entry's effect is
     /// equal. A reload reschedules a schedule whose fingerprint changed, and an escalation
     /// lasts until it does.
@@ -167,6 +176,14 @@ impl Schedule {
             jitter: fields.jitter.or(d.jitter).map_or(Duration::ZERO, |j| j.0),
             env,
             cwd,
+            rate_limit_pause: fields
+                .rate_limit_pause
+                .or(d.rate_limit_pause)
+                .map_or(DEFAULT_RATE_LIMIT_PAUSE, |p| p.0),
+            max_cost_usd_per_day: fields
+                .max_cost_usd_per_day
+                .or(d.max_cost_usd_per_day)
+                .map(|u| u.0),
             fingerprint: String::new(),
         }
     }
@@ -220,5 +237,16 @@ mod tests {
         assert_eq!(s.modes.len(), 5);
         assert_eq!(s.overlap, Overlap::Skip);
         assert_eq!(s.cwd, std::path::Path::new("inst"));
+        assert_eq!(s.rate_limit_pause, DEFAULT_RATE_LIMIT_PAUSE);
+        assert_eq!(s.max_cost_usd_per_day, None);
+        let defaults: ScheduleFields =
+            serde_json::from_str(r#"{"rate_limit_pause": "5m", "max_cost_usd_per_day": 2}"#)
+                .unwrap();
+        let fields: ScheduleFields =
+            serde_json::from_str(r#"{"id": "x", "task": "t", "max_cost_usd_per_day": 0.5}"#)
+                .unwrap();
+        let s = Schedule::resolve(fields, &defaults, Zone::utc(), std::path::Path::new("inst"));
+        assert_eq!(s.rate_limit_pause, Duration::from_secs(300));
+        assert_eq!(s.max_cost_usd_per_day, Some(0.5));
     }
 }

@@ -186,6 +186,68 @@ impl fmt::Display for Zone {
     }
 }
 
+/// A zone's offset at one instant, as chrono's [`chrono::TimeZone`] needs it: the offset and
+/// the zone it belongs to, so code written against chrono's trait (the agents' reset times)
+/// reads the same database as the cron rule.
+#[derive(Clone, Debug)]
+pub struct ZoneOffset {
+    zone: Zone,
+    offset: chrono::FixedOffset,
+}
+
+impl chrono::Offset for ZoneOffset {
+    fn fix(&self) -> chrono::FixedOffset {
+        self.offset
+    }
+}
+
+impl fmt::Display for ZoneOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.offset)
+    }
+}
+
+impl Zone {
+    fn offset_value(&self, seconds: i32) -> ZoneOffset {
+        ZoneOffset {
+            zone: self.clone(),
+            offset: chrono::FixedOffset::east_opt(seconds)
+                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero is valid")),
+        }
+    }
+}
+
+impl chrono::TimeZone for Zone {
+    type Offset = ZoneOffset;
+
+    fn from_offset(offset: &ZoneOffset) -> Zone {
+        offset.zone.clone()
+    }
+
+    fn offset_from_local_date(&self, local: &NaiveDate) -> chrono::LocalResult<ZoneOffset> {
+        self.offset_from_local_datetime(&local.and_time(chrono::NaiveTime::MIN))
+    }
+
+    fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> chrono::LocalResult<ZoneOffset> {
+        let offset_of = |at: DateTime<Utc>| self.offset_value(self.offset_seconds(at));
+        match self.resolve(*local) {
+            Local::Single(at) => chrono::LocalResult::Single(offset_of(at)),
+            Local::Repeated(earlier, later) => {
+                chrono::LocalResult::Ambiguous(offset_of(earlier), offset_of(later))
+            }
+            Local::Gap { .. } => chrono::LocalResult::None,
+        }
+    }
+
+    fn offset_from_utc_date(&self, utc: &NaiveDate) -> ZoneOffset {
+        self.offset_from_utc_datetime(&utc.and_time(chrono::NaiveTime::MIN))
+    }
+
+    fn offset_from_utc_datetime(&self, utc: &NaiveDateTime) -> ZoneOffset {
+        self.offset_value(self.offset_seconds(utc.and_utc()))
+    }
+}
+
 fn timestamp(at: DateTime<Utc>) -> jiff::Timestamp {
     jiff::Timestamp::new(at.timestamp(), at.timestamp_subsec_nanos() as i32)
         .unwrap_or(jiff::Timestamp::MAX)
@@ -264,6 +326,29 @@ mod tests {
             new_york.offset_seconds(utc("2087-12-25T12:00:00Z")),
             -5 * 3600
         );
+    }
+
+    #[test]
+    fn chronos_trait_reads_the_same_database() {
+        use chrono::TimeZone;
+        let berlin = Zone::parse("Europe/Berlin").unwrap();
+        let local = berlin
+            .from_local_datetime(&wall("2026-07-01T12:00:00"))
+            .single()
+            .unwrap();
+        assert_eq!(local.with_timezone(&Utc), utc("2026-07-01T10:00:00Z"));
+        assert!(
+            berlin
+                .from_local_datetime(&wall("2026-03-29T02:30:00"))
+                .single()
+                .is_none()
+        );
+        assert!(matches!(
+            berlin.from_local_datetime(&wall("2026-10-25T02:30:00")),
+            chrono::LocalResult::Ambiguous(..)
+        ));
+        let back = utc("2026-01-15T11:00:00Z").with_timezone(&berlin);
+        assert_eq!(back.naive_local(), wall("2026-01-15T12:00:00"));
     }
 
     #[test]

@@ -433,9 +433,18 @@ fn scraped_counters_equal_the_rows_of_the_tsv_after_the_service_drains() {
         "text/plain; version=0.0.4; charset=utf-8"
     );
 
+    // The page at `/`: the report of the last 24 hours, with every schedule of the file.
     let page = serve.get("/");
     assert_eq!(page.status, 200);
     assert!(page.content_type.starts_with("text/html"), "{page:?}");
+    assert!(page.body.contains("<svg"), "the report's charts");
+    for schedule in ["good", "bad", "slow"] {
+        assert!(
+            page.body
+                .contains(&format!("<title>{schedule}</title>{schedule}")),
+            "{schedule} has a lane on the page's timeline"
+        );
+    }
     assert_eq!(serve.get("/nothing-here").status, 404);
     assert_eq!(serve.stop(), Some(0));
 }

@@ -291,3 +291,86 @@ fn next_reads_time_zones_from_the_system_database_tzdir_first() {
         );
     }
 }
+
+#[test]
+fn agent_fields_in_a_mode() {
+    let inst = instance(&with_schedule(
+        r#"{ "id": "x", "task": "t", "modes": ["a"] }"#,
+    ));
+    inst.write("modes/a.md", "+++\nname = \"A\"\nagent = \"claud\"\n+++\n");
+    assert_rejected(
+        &inst,
+        "modes/a.md:3:9: front matter: unknown variant `claud`, expected one of `claude`, `codex`, `gemini`, `aider`",
+    );
+    inst.write(
+        "modes/a.md",
+        "+++\nagent = \"codex\"\noutput = \"json\"\n+++\n",
+    );
+    assert_rejected(
+        &inst,
+        "modes/a.md:3:10: front matter: unknown variant `json`, expected one of `auto`, `text`, `claude-json`, `codex-jsonl`, `gemini-json`",
+    );
+    inst.write(
+        "modes/a.md",
+        "+++\nagent = \"codex\"\nprice = { input_per_mtok = -2, output_per_mtok = 1 }\n+++\n",
+    );
+    assert_rejected(
+        &inst,
+        "modes/a.md:3:28: front matter: -2 is not an amount of dollars",
+    );
+    inst.write(
+        "modes/a.md",
+        "+++\nagent = \"codex\"\nfallback = [[\"codex\"], []]\n+++\n",
+    );
+    assert_rejected(&inst, "modes/a.md:3:1: `fallback` needs a program");
+    inst.write(
+        "modes/a.md",
+        "+++\nagent = \"codex\"\nexpect_output = \"yes\"\n+++\n",
+    );
+    assert_rejected(
+        &inst,
+        "modes/a.md:3:17: front matter: invalid type: string \"yes\", expected a boolean",
+    );
+    inst.write(
+        "modes/a.md",
+        "+++\nagent = \"gemini\"\nfallback = [[\"gemini\", \"-m\", \"gemini-2.5-flash\"]]\nprice = { input_per_mtok = 1.25, output_per_mtok = 10, cached_input_per_mtok = 0.31 }\nexpect_output = true\n+++\n# A\n",
+    );
+    let out = inst.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn rate_limit_pause_and_budgets() {
+    let file = |top: &str, defaults: &str, entry: &str| {
+        format!(
+            "{{\n  \"version\": 1,{top}\n  \"defaults\": {{ \"modes\": [\"a\"]{defaults} }},\n  \"schedules\": [\n    {{ \"id\": \"x\", \"task\": \"t\"{entry} }}\n  ]\n}}\n"
+        )
+    };
+    let inst = instance(&file("", ", \"rate_limit_pause\": \"soon\"", ""));
+    assert_rejected(
+        &inst,
+        "schedules.json:3:53: \"rate_limit_pause\": bad duration \"soon\"",
+    );
+    let inst = instance(&file("\n  \"max_cost_usd_per_day\": -1,", "", ""));
+    assert_rejected(
+        &inst,
+        "schedules.json:3:27: \"max_cost_usd_per_day\": -1 is not an amount of dollars (expected a number, 0 or more)",
+    );
+    let inst = instance(&file("", "", ", \"max_cost_usd_per_day\": \"lots\""));
+    assert_rejected(
+        &inst,
+        "schedules.json:5:55: \"max_cost_usd_per_day\": invalid type: string \"lots\"",
+    );
+    let inst = instance(&file("", ", \"max_cost_usd_per_day\": -0.5", ""));
+    assert_rejected(
+        &inst,
+        "schedules.json:3:57: \"max_cost_usd_per_day\": -0.5 is not an amount",
+    );
+    let inst = instance(&file(
+        "\n  \"max_cost_usd_per_day\": 20,",
+        ", \"rate_limit_pause\": \"30m\", \"max_cost_usd_per_day\": 5",
+        ", \"max_cost_usd_per_day\": 2.5, \"rate_limit_pause\": \"1h\"",
+    ));
+    let out = inst.run(&["validate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -29,6 +29,8 @@ mod scale;
 mod service;
 mod stats;
 mod sys;
+mod timing_log;
+mod tsv_report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,7 +59,7 @@ impl Size {
 type Measure = fn(Size) -> Figure;
 
 /// The figures, in file order: number, name, and how to measure it.
-const FIGURES: [(u8, &str, Measure); 8] = [
+const FIGURES: [(u8, &str, Measure); 9] = [
     (1, "fire", fire::fire_figure),
     (2, "idle", fire::idle_figure),
     (3, "append", append::figure),
@@ -66,12 +68,14 @@ const FIGURES: [(u8, &str, Measure); 8] = [
     (6, "shutdown", service::shutdown_figure),
     (7, "reload", service::reload_figure),
     (8, "scale", scale::figure),
+    (9, "report", tsv_report::figure),
 ];
 
 const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
 
 const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] [--out FILE]
-figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale
+figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale,
+9 report
        bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)
        bench metrics [--quick] [--smoke] [--write]   (serve --metrics: scrapes, and figure 1 beside it)";
 
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
         Some("claims") => Some(claims::main(&args[1..])),
         Some("metrics") => Some(metrics::main(&args[1..])),
+        Some("__timing-log") => Some(timing_log::command(&args[1..])),
         _ => None,
     };
     if let Some(result) = worker {
@@ -218,7 +223,7 @@ mod tests {
         assert_eq!(args.figures, vec![3, 4]);
         assert_eq!(args.size, Size::Quick);
         let all = parse_args(&strings(&["all", "--quick", "--smoke"])).unwrap();
-        assert_eq!(all.figures.len(), 8);
+        assert_eq!(all.figures.len(), 9);
         assert_eq!(all.size, Size::Smoke);
         assert!(parse_args(&strings(&["nine"])).is_err());
         assert!(parse_args(&[]).is_err());

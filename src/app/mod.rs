@@ -7,7 +7,9 @@
 
 pub mod init;
 pub mod memory;
+pub mod modes;
 pub mod next;
+pub mod report;
 pub mod resume;
 pub mod run_cycle;
 pub mod status;

@@ -96,6 +96,10 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         count: usize,
     },
+    /// Runs, failures, durations, lateness and cost per schedule and mode, from task_timing.tsv.
+    ///
+    /// Example: loop-orchestrator report --since 36h --html report.html
+    Report(ReportArgs),
     /// Lift the escalation of a schedule so it fires again.
     Resume {
         /// The schedule id.
@@ -110,6 +114,9 @@ pub enum Command {
     /// Show, add to, or prune persistent-memory.md.
     #[command(subcommand)]
     Memory(MemoryCommand),
+    /// Import Roo Code modes (.roomodes, JSON or YAML) as modes/<slug>.md, or list the modes.
+    #[command(subcommand)]
+    Modes(ModesCommand),
     /// Write a working instance (schedules.json, modes/, TODO.md, memory, timing file).
     ///
     /// Existing files are kept. Example: loop-orchestrator init ~/my-repo
@@ -160,6 +167,48 @@ pub struct RunCycleArgs {
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModesCommand {
+    /// Write modes/<slug>.md for each mode of a .roomodes file; existing files are kept
+    /// unless --force. Exit 2 when a file was kept or the input has a problem.
+    ///
+    /// Example: loop-orchestrator modes import .roomodes --agent codex
+    Import {
+        /// The .roomodes file (its .roo/rules-<slug>/ folders are read too).
+        file: PathBuf,
+        /// The agent preset the modes run: claude, codex, gemini or aider.
+        #[arg(long, default_value = "claude")]
+        agent: String,
+        /// Replace existing mode files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Each mode, the agent or command it runs, and the schedules that use it.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Rows that started since then: a duration back from now (7d, 36h, 90m), a date
+    /// (2026-11-20, midnight UTC) or an RFC 3339 time (2026-11-20T08:00:00Z).
+    #[arg(long, value_name = "DUR|DATE", default_value = "7d", value_parser = parse_since)]
+    pub since: crate::report::Since,
+    /// Only this schedule.
+    #[arg(long, value_name = "ID")]
+    pub schedule: Option<String>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as one self-contained HTML page (inline SVG and CSS).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+fn parse_since(text: &str) -> Result<crate::report::Since, String> {
+    text.parse()
+        .map_err(|_| format!("expected {}", crate::report::SINCE_FORMS))
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +278,7 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
             print!("{}", render::next(&fires));
             Ok(Code::OK)
         }
+        Command::Report(args) => report(&inst, args),
         Command::Resume { id } => {
             let resumed = app::resume::resume(&inst, &id)?;
             if let Some(warning) = &resumed.warning {
@@ -269,6 +319,24 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
                 .map_err(|err| Error::Failed(format!("man: {}: {err}", dir.display())))?;
             println!("wrote the man pages to {}", dir.display());
             Ok(Code::OK)
+        }
+        Command::Modes(ModesCommand::List) => {
+            print!("{}", render::modes(&app::modes::list(&inst)?));
+            Ok(Code::OK)
+        }
+        Command::Modes(ModesCommand::Import { file, agent, force }) => {
+            let report = app::modes::import(&inst, &file, &agent, force)?;
+            for path in &report.written {
+                println!("wrote {path}");
+            }
+            for path in &report.skipped {
+                println!("kept {path} (it exists; --force replaces it)");
+            }
+            Ok(if report.skipped.is_empty() {
+                Code::OK
+            } else {
+                Code::INVALID
+            })
         }
         Command::Init { target } => {
             let target = target.unwrap_or(cli.dir);
@@ -386,6 +454,34 @@ fn spawn_signal_cancel(cancel: CancellationToken) {
         eprintln!("signal received: stopping the running mode");
         cancel.cancel();
     });
+}
+
+fn report(inst: &Instance, args: ReportArgs) -> Result<Code, Error> {
+    use std::io::Write as _;
+    let request = app::report::Request {
+        since: args.since,
+        schedule: args.schedule,
+    };
+    let report = app::report::report(inst, &request, Utc::now())?;
+    let mut stdout = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(stdout))
+    } else {
+        stdout.write_all(crate::report::text::render(&report).as_bytes())
+    };
+    match printed {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(Error::Failed(format!("cannot write the report: {err}")));
+        }
+        _ => {}
+    }
+    if let Some(file) = &args.html {
+        let size = app::report::write_page(file, &report)?;
+        eprintln!("wrote {} ({} KiB)", file.display(), size.div_ceil(1024));
+    }
+    Ok(Code::OK)
 }
 
 fn memory(inst: &Instance, command: MemoryCommand) -> Result<Code, Error> {

@@ -129,6 +129,24 @@ pub fn todo(todo: &Todo) -> String {
     out
 }
 
+/// `modes list`.
+pub fn modes(modes: &[crate::roomodes::ModeListing]) -> String {
+    let mut out = String::new();
+    for m in modes {
+        let used = if m.schedules.is_empty() {
+            "no schedule".into()
+        } else {
+            m.schedules.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{:<15} {:<24} {}  (used by: {used})",
+            m.slug, m.name, m.runs
+        );
+    }
+    out
+}
+
 pub fn resumed(resumed: &Resumed) -> String {
     let id = &resumed.schedule;
     match (resumed.was_escalated, resumed.service_pid) {

@@ -21,6 +21,7 @@ mod spans;
 pub use edit::{Edited, set_enabled};
 use spans::{Seg, Spans};
 
+use crate::agent::Usd;
 use crate::duration::HumanDuration;
 use crate::mode::Mode;
 use crate::schedule::{Schedule, ScheduleFields, ZoneField, is_slug};
@@ -72,6 +73,7 @@ struct FileFields {
     metrics: Option<ListenAddress>,
     #[serde(default)]
     cluster: Option<crate::cluster::ClusterConfig>,
+    max_cost_usd_per_day: Option<Usd>,
     /// Required and known here; its entries are read one by one from the document (by
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
@@ -104,6 +106,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where `serve` answers Prometheus scrapes (`--metrics` wins).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The instance's daily budget over all its schedules.
+    pub max_cost_usd_per_day: Option<f64>,
     pub schedules: Vec<Schedule>,
     pub modes: BTreeMap<String, Mode>,
     /// SPEC §11; `None`: files only.
@@ -449,6 +453,7 @@ pub fn parse_schedules(
         max_concurrent_cycles,
         shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         metrics: file.metrics.map(|a| a.0),
+        max_cost_usd_per_day: file.max_cost_usd_per_day.map(|u| u.0),
         schedules,
         modes: modes.clone(),
         cluster: file.cluster,

@@ -15,7 +15,9 @@
 //! - a connection must send a request's headers within [`HEADER_TIMEOUT`] (an idle
 //!   keep-alive connection too) and lives at most [`MAX_CONNECTION_AGE`]; headers are
 //!   capped at [`MAX_HEADER_BYTES`]; garbage gets hyper's 400 and the connection closes;
-//! - at most [`MAX_CONCURRENT_REQUESTS`] requests are handled at once; the others wait.
+//! - at most [`MAX_CONCURRENT_REQUESTS`] requests are handled at once; the others wait;
+//!   the page at `/` (the `report` of the last [`PAGE_WINDOW`], read from task_timing.tsv
+//!   on the blocking pool: about a second for a million rows) is built one at a time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,15 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_CONCURRENT_REQUESTS: usize = 8;
+/// The period the page at `/` reports on.
+pub const PAGE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// What the handlers share.
+struct Site {
+    metrics: Arc<Metrics>,
+    /// One page is built at a time: each reads the whole timing file.
+    page: Semaphore,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -68,13 +79,17 @@ pub fn bind(addr: SocketAddr, allow_remote: bool) -> Result<std::net::TcpListene
 
 /// The routes, with their state; merge it with another router to serve both on one address.
 pub fn router(metrics: Arc<Metrics>) -> Router {
+    let site = Arc::new(Site {
+        metrics,
+        page: Semaphore::new(1),
+    });
     Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/", get(dashboard))
+        .route("/", get(page))
         .layer(ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
-        .with_state(metrics)
+        .with_state(site)
 }
 
 /// Serves `router` on `listener` from a thread of its own, with a current-thread runtime,
@@ -134,7 +149,8 @@ pub async fn serve(listener: std::net::TcpListener, router: Router) {
     }
 }
 
-async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Response {
+async fn scrape(State(site): State<Arc<Site>>, headers: HeaderMap) -> Response {
+    let metrics = &site.metrics;
     let format = Format::from_accept(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
     // Encoding is CPU work of a few milliseconds and one read of the bounded memory file:
     // done in place rather than on the blocking pool.
@@ -142,15 +158,15 @@ async fn scrape(State(metrics): State<Arc<Metrics>>, headers: HeaderMap) -> Resp
     ([(CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
-async fn healthz(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.health().liveness(chrono::Utc::now()) {
+async fn healthz(State(site): State<Arc<Site>>) -> Response {
+    match site.metrics.health().liveness(chrono::Utc::now()) {
         Ok(()) => plain(StatusCode::OK, "ok: the scheduler loop is alive\n".into()),
         Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-async fn readyz(State(metrics): State<Arc<Metrics>>) -> Response {
-    if metrics.health().is_ready() {
+async fn readyz(State(site): State<Arc<Site>>) -> Response {
+    if site.metrics.health().is_ready() {
         plain(StatusCode::OK, "ready\n".into())
     } else {
         plain(
@@ -164,24 +180,33 @@ fn plain(status: StatusCode, text: String) -> Response {
     (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }
 
-/// The read-only page at `/`.
-// TODO(report): serve the `report` module's HTML page of the last 24 hours here, built from
-// task_timing.tsv on the blocking pool, once that module is part of the crate; until then a
-// page that says where to look.
-async fn dashboard(State(metrics): State<Arc<Metrics>>) -> Html<String> {
-    let dir = metrics.instance().root().display().to_string();
-    let dir = dir
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    Html(format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <title>loop-orchestrator</title></head><body>\n\
-         <h1>loop-orchestrator</h1>\n<p>Instance <code>{dir}</code>, version {}.</p>\n\
-         <ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
-         <li><a href=\"/healthz\">/healthz</a></li><li><a href=\"/readyz\">/readyz</a></li></ul>\n\
-         <p>For the history of cycles, run <code>loop-orchestrator status</code>.</p>\n\
-         </body></html>\n",
-        env!("CARGO_PKG_VERSION")
-    ))
+/// The read-only page at `/`: the report of the last [`PAGE_WINDOW`], as `report --html`
+/// writes it.
+async fn page(State(site): State<Arc<Site>>) -> Response {
+    let Ok(_turn) = site.page.acquire().await else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    };
+    let metrics = Arc::clone(&site.metrics);
+    let built = tokio::task::spawn_blocking(move || {
+        let now = chrono::Utc::now();
+        let options = crate::report::Options {
+            since: now - PAGE_WINDOW,
+            schedule: None,
+            budgets: metrics.budgets(),
+        };
+        crate::report::build_file(&metrics.instance().timing(), &options, now)
+            .map(|report| crate::report::html::render(&report))
+    })
+    .await;
+    match built {
+        Ok(Ok(html)) => Html(html).into_response(),
+        Ok(Err(err)) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the timing file: {err}\n"),
+        ),
+        Err(err) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the report failed: {err}\n"),
+        ),
+    }
 }

@@ -117,6 +117,8 @@ pub struct Metrics {
     memory_lines: Gauge,
     /// Length of the last exposition, to size the next one's buffer.
     last_len: std::sync::atomic::AtomicUsize,
+    /// `max_cost_usd_per_day` per schedule, for the page at `/`; set at load and reload.
+    budgets: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
 }
 
 impl Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             reloads: Family::default(),
             memory_lines: Gauge::default(),
             last_len: std::sync::atomic::AtomicUsize::new(0),
+            budgets: std::sync::Mutex::default(),
         };
         let m = &metrics;
         registry.register(
@@ -263,6 +266,22 @@ impl Metrics {
                 self.last_cycle(row);
             }
         }
+    }
+
+    /// The schedules' daily budgets, from a configuration just loaded.
+    pub fn set_budgets(&self, schedules: &[crate::schedule::Schedule]) {
+        let budgets = schedules
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.max_cost_usd_per_day?)))
+            .collect();
+        *self.budgets.lock().unwrap_or_else(|p| p.into_inner()) = budgets;
+    }
+
+    pub fn budgets(&self) -> std::collections::BTreeMap<String, f64> {
+        self.budgets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A reload of the configuration was accepted (`ok`) or rejected.

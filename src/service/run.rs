@@ -102,6 +102,7 @@ impl Service {
         let (core, actions) = Core::new(&config.schedules, &rows, &markers, now);
         if let Some(metrics) = &metrics {
             metrics.seed(&rows, config.schedules.iter().map(|s| s.id.as_str()));
+            metrics.set_budgets(&config.schedules);
         }
         let mut service = Service {
             recorder,
@@ -360,6 +361,7 @@ impl Service {
                 self.publish(None);
                 if let Some(metrics) = self.metrics() {
                     metrics.reloaded(true);
+                    metrics.set_budgets(&config.schedules);
                 }
                 if config.metrics != self.config.metrics {
                     tracing::warn!(
