@@ -43,12 +43,16 @@ struct Shown {
     cron: (String, Zone),
     next_gauge: Option<FloatGauge>,
     queued: bool,
+    /// The last [`Publisher::all`] that saw it.
+    seen: u64,
 }
 
 /// Writes the core's state into the gauges; owned by the loop.
 pub struct Publisher {
     metrics: Arc<Metrics>,
     shown: HashMap<String, Shown>,
+    /// Counts the calls of [`Publisher::all`].
+    round: u64,
 }
 
 impl Publisher {
@@ -56,6 +60,7 @@ impl Publisher {
         Publisher {
             metrics,
             shown: HashMap::new(),
+            round: 0,
         }
     }
 
@@ -65,20 +70,27 @@ impl Publisher {
 
     /// Every schedule the core has; the gauges of the others are removed.
     pub fn all<'a>(&mut self, states: impl Iterator<Item = ScheduleState<'a>>) {
-        let mut seen = std::collections::HashSet::with_capacity(self.shown.len());
+        self.round += 1;
+        let mut count = 0;
         for state in states {
-            seen.insert(state.schedule.id.as_str());
+            count += 1;
+            let id = &state.schedule.id;
             self.one(state);
+            if let Some(shown) = self.shown.get_mut(id) {
+                shown.seen = self.round;
+            }
         }
-        let gone: Vec<String> = self
-            .shown
-            .keys()
-            .filter(|id| !seen.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(shown) = self.shown.remove(&id) {
-                self.forget(shown);
+        if self.shown.len() > count {
+            let gone: Vec<String> = self
+                .shown
+                .iter()
+                .filter(|(_, shown)| shown.seen != self.round)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                if let Some(shown) = self.shown.remove(&id) {
+                    self.forget(shown);
+                }
             }
         }
     }
@@ -87,11 +99,13 @@ impl Publisher {
     pub fn one(&mut self, state: ScheduleState<'_>) {
         let m = &self.metrics;
         let schedule = state.schedule;
-        let shown = self.shown.entry(schedule.id.clone()).or_insert_with(|| {
+        // Looked up before inserting: a turn publishes every schedule, and `entry` would
+        // allocate a key for each.
+        if !self.shown.contains_key(&schedule.id) {
             let label = ScheduleLabel {
                 schedule: schedule.id.clone(),
             };
-            Shown {
+            let shown = Shown {
                 streak: m.failure_streak.get_or_create_owned(&label),
                 escalated: m.escalated.get_or_create_owned(&label),
                 label,
@@ -99,8 +113,13 @@ impl Publisher {
                 cron: (String::new(), Zone::utc()),
                 next_gauge: None,
                 queued: false,
-            }
-        });
+                seen: 0,
+            };
+            self.shown.insert(schedule.id.clone(), shown);
+        }
+        let Some(shown) = self.shown.get_mut(&schedule.id) else {
+            return;
+        };
         shown.streak.set(i64::from(state.streak));
         shown.escalated.set(i64::from(state.escalated));
         if state.queued != shown.queued {
