@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use clap::CommandFactory;
-use common::BIN;
+use common::{BIN, have, skip};
 
 /// The commands of the CLI, as clap knows them (without clap's own `help`).
 fn subcommands() -> Vec<String> {
@@ -15,24 +15,6 @@ fn subcommands() -> Vec<String> {
         .filter(|c| !c.is_hide_set())
         .map(|c| c.get_name().to_string())
         .collect()
-}
-
-/// Whether a test may skip for a missing tool: not under `LOOP_TEST_REQUIRE_ALL` (CI).
-fn skip(why: &str) -> bool {
-    if std::env::var_os("LOOP_TEST_REQUIRE_ALL").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipped: {why}");
-    true
-}
-
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Instance, NotifyListener, text};
+use common::{Instance, NotifyListener, have, skip, text};
 
 /// A running `serve --metrics`, killed if the test ends early.
 struct Serve {
@@ -197,15 +197,6 @@ fn family(samples: &Samples, name: &str) -> BTreeMap<BTreeMap<String, String>, f
         .filter(|((n, _), _)| n == name)
         .map(|((_, labels), v)| (labels.clone(), *v))
         .collect()
-}
-
-/// Whether a test may skip for a missing tool: not under `LOOP_TEST_REQUIRE_ALL` (CI).
-fn skip(why: &str) -> bool {
-    if std::env::var_os("LOOP_TEST_REQUIRE_ALL").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipped: {why}");
-    true
 }
 
 /// One sample as Python reads it: name, labels, value.
@@ -705,13 +696,7 @@ fn readme_block(first_line: &str) -> String {
 }
 
 fn promtool() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    found || !skip("promtool is not installed (apt-get install prometheus)")
+    have("promtool") || !skip("promtool is not installed (apt-get install prometheus)")
 }
 
 #[test]
