@@ -421,6 +421,8 @@ impl Service {
         self.stopping.cancel();
         self.notify(self.notifier.stopping());
         if let Some(metrics) = self.metrics() {
+            // No more fires: nothing is armed, so the grace is not mistaken for a stall.
+            metrics.health().armed(None);
             metrics.health().set_ready(false);
         }
         let grace = self.config.shutdown_grace;
