@@ -885,3 +885,32 @@ fn a_real_prometheus_scrapes_the_service() {
     );
     assert_eq!(serve.stop(), Some(0));
 }
+
+#[test]
+fn readyz_turns_503_when_the_stop_begins_and_healthz_stays_200_through_the_grace() {
+    let inst = instance(
+        r#"[{ "id": "long", "task": "t", "cron": "* * * * * *", "modes": ["long"] }]"#,
+        "  \"shutdown_grace\": \"30s\",\n",
+    );
+    inst.mode("long", "[\"sleep\", \"9\"]", "prompt = \"none\"");
+    let aside = tempfile::tempdir().unwrap();
+    let serve = Serve::start(&inst, aside.path(), &["--metrics", "127.0.0.1:0"], &[]);
+    assert_eq!(serve.get("/readyz").status, 200);
+    wait_until(Duration::from_secs(10), "a cycle runs", || {
+        serve
+            .get("/metrics")
+            .body
+            .contains("loop_orchestrator_running_cycles 1")
+    });
+    let pid = nix::unistd::Pid::from_raw(serve.pid());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_until(Duration::from_secs(5), "/readyz says 503", || {
+        serve.get("/readyz").status == 503
+    });
+    // Past the 5 s a stalled timer is given, the service still waits for its mode.
+    std::thread::sleep(Duration::from_secs(6));
+    let health = serve.get("/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(serve.get("/readyz").status, 503);
+    assert_eq!(serve.stop(), Some(0));
+}
