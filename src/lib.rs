@@ -23,6 +23,7 @@ pub mod leftover;
 pub mod lock;
 pub mod mcp;
 pub mod memory;
+pub mod metrics;
 pub mod mode;
 pub mod problem;
 pub mod program;

@@ -18,6 +18,7 @@ use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
 use crate::lock::{LockError, LockFile};
+use crate::metrics::FireStage;
 use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
 use crate::schedule::{Overlap, Schedule};
@@ -83,6 +84,7 @@ pub async fn run_fire(
     slots: Arc<Semaphore>,
     stops: Stops,
     mut done: DoneGuard,
+    mut stage: FireStage,
 ) {
     let Stops {
         stopping,
@@ -164,6 +166,7 @@ pub async fn run_fire(
             return;
         }
     };
+    stage.started();
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
         Ok(outcome) => done.set(outcome.status, outcome.counts_as_failure),
