@@ -169,32 +169,32 @@ pub async fn run(
         if interrupted {
             break;
         }
-        if let Some((stopper, status)) = &stopped_by {
-            if !mode.always {
-                let now = Utc::now();
-                let note = format!("skipped: {stopper} ended {status}");
-                let row = row(
-                    &spec,
-                    &cycle,
-                    &mode.slug,
-                    1,
-                    Status::Skipped,
-                    now,
-                    now,
-                    None,
-                    &note,
-                );
-                recorder.rows(vec![row]).await?;
-                counts.add(Status::Skipped);
-                progress(CycleEvent::ModeFinished(&ModeReport {
-                    mode: mode.slug.clone(),
-                    attempt: 1,
-                    status: Status::Skipped,
-                    duration: Duration::ZERO,
-                    note,
-                }));
-                continue;
-            }
+        if let Some((stopper, status)) = &stopped_by
+            && !mode.always
+        {
+            let now = Utc::now();
+            let note = format!("skipped: {stopper} ended {status}");
+            let row = row(
+                &spec,
+                &cycle,
+                &mode.slug,
+                1,
+                Status::Skipped,
+                now,
+                now,
+                None,
+                &note,
+            );
+            recorder.rows(vec![row]).await?;
+            counts.add(Status::Skipped);
+            progress(CycleEvent::ModeFinished(&ModeReport {
+                mode: mode.slug.clone(),
+                attempt: 1,
+                status: Status::Skipped,
+                duration: Duration::ZERO,
+                note,
+            }));
+            continue;
         }
         let mut final_status = Status::Ok;
         for attempt in 1..=mode.retries + 1 {

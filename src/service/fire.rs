@@ -21,6 +21,7 @@ use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
 use crate::lock::{LockError, LockFile};
+use crate::metrics::FireStage;
 use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
 use crate::schedule::{Overlap, Schedule};
@@ -99,6 +100,8 @@ pub struct Fire {
     pub slots: Arc<Semaphore>,
     pub stops: Stops,
     pub done: DoneGuard,
+    /// Its place in the metrics' waiting and running gauges.
+    pub stage: FireStage,
 }
 
 /// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle. `claim`:
@@ -111,6 +114,7 @@ pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
         slots,
         stops,
         mut done,
+        mut stage,
     } = fire;
     let Stops {
         stopping,
@@ -233,6 +237,7 @@ pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
             return;
         }
     };
+    stage.started();
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
         Ok(outcome) => done.set(outcome.status, outcome.counts_as_failure),

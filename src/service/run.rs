@@ -6,6 +6,10 @@
 //! rows go to the recorder, markers to `.loop-orchestrator/`. `started_at` of a cycle is the
 //! moment it was dispatched, so lateness is `started_at - scheduled_at`.
 //!
+//! With metrics, the loop publishes its core's state to the gauges after each turn (one
+//! schedule when a cycle of it ended, all of them otherwise), stamps the turn for
+//! `/healthz`, and is ready for `/readyz` from READY until the stop begins.
+//!
 //! Shutdown (SPEC §7): no new fires; running cycles get `shutdown_grace`, then their modes
 //! are terminated (TERM, then KILL after `kill_grace`) and recorded `interrupted`. A second
 //! SIGINT kills every running mode at once.
@@ -26,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::cluster::{self, Claimer, EscalateRequest, Note, Pending, Registry};
-use super::core::{Action, Core, Done};
+use super::core::{Action, Core, Done, Entry};
 use super::fire::{self, DoneGuard, Fire, Stops};
 use super::notify::{self, Notifier};
 use super::timer::{Wake, WallTimer};
@@ -38,6 +42,8 @@ use crate::duration::short;
 use crate::exit::{Code, Error};
 use crate::instance::Instance;
 use crate::memory::{MemoryLimits, Section};
+use crate::metrics::gauges::{Publisher, ScheduleState};
+use crate::metrics::{FireStage, Metrics};
 use crate::recorder::Recorder;
 use crate::schedule::Schedule;
 use crate::state::{self, Escalation, ReloadResult, ServiceState};
@@ -77,6 +83,8 @@ pub struct Service {
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadResult>,
     last_trim: std::time::Instant,
+    /// With metrics: writes the core's state into the gauges.
+    publisher: Option<Publisher>,
     /// The cluster node's side, when schedules.json has a `cluster` section.
     cluster: Option<ClusterSide>,
 }
@@ -119,6 +127,7 @@ impl Service {
         config: Config,
         recorder: Recorder,
         workers: tokio::runtime::Handle,
+        metrics: Option<Arc<Metrics>>,
         node: Option<StartedNode>,
     ) -> std::io::Result<Service> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -160,6 +169,10 @@ impl Service {
                 link: None,
             }
         });
+        if let Some(metrics) = &metrics {
+            metrics.seed(&rows, config.schedules.iter().map(|s| s.id.as_str()));
+            metrics.set_budgets(&config.schedules);
+        }
         let mut service = Service {
             recorder,
             slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
@@ -177,9 +190,11 @@ impl Service {
             started_at: now,
             last_reload: None,
             last_trim: std::time::Instant::now(),
+            publisher: metrics.map(Publisher::new),
             cluster,
         };
         service.perform(actions);
+        service.publish(None);
         Ok(service)
     }
 
@@ -213,13 +228,21 @@ impl Service {
             let actions = self.core.catch_up(&rows_of(&self.inst), Utc::now());
             self.perform(actions);
         }
+        self.publish(None);
         self.notify(self.notifier.ready(&self.status_line()));
+        if let Some(metrics) = self.metrics() {
+            metrics.health().set_ready(true);
+        }
 
         let signal_name = loop {
             let due = self.core.next_due();
             if let Err(err) = self.timer.arm(due) {
                 tracing::error!(error = %err, "cannot arm the timer");
             }
+            if let Some(metrics) = self.metrics() {
+                metrics.health().armed(due);
+            }
+            stall_for_tests();
             let step = tokio::select! {
                 _ = term.recv() => Step::Stop("SIGTERM"),
                 _ = int.recv() => Step::Stop("SIGINT"),
@@ -238,6 +261,7 @@ impl Service {
                 Step::Ended(ended) => {
                     let actions = self.core.on_done(&ended.id, ended.done, Utc::now());
                     self.perform(actions);
+                    self.publish(Some(&ended.id));
                 }
                 Step::Due(wake) => {
                     match wake {
@@ -249,6 +273,7 @@ impl Service {
                     }
                     let actions = self.core.dispatch_due(Utc::now());
                     self.perform(actions);
+                    self.publish(None);
                     if self.notifier.enabled() {
                         self.notify(self.notifier.status(&self.status_line()));
                     }
@@ -256,6 +281,9 @@ impl Service {
                 Step::Watchdog => self.notify(self.notifier.watchdog()),
                 Step::Cluster(event) => self.cluster_event(event),
                 Step::Note(note) => self.cluster_note(note),
+            }
+            if let Some(metrics) = self.metrics() {
+                metrics.health().turned(Utc::now());
             }
             // Also when the last running cycle has ended: an idle service gives back what
             // its busiest moment needed.
@@ -356,6 +384,7 @@ impl Service {
             .or_default()
             .clone();
         let done = DoneGuard::new(self.done_tx.clone(), schedule.id.clone());
+        let stage = FireStage::dispatched(self.metrics());
         // A cluster names the cycle before its claim, after the instant: each (schedule,
         // instant) is claimed once, and a retry runs under the same id.
         let cycle = self
@@ -386,6 +415,7 @@ impl Service {
                 withdrawn,
             },
             done,
+            stage,
         }
     }
 
@@ -465,6 +495,16 @@ impl Service {
                 let markers = markers(&self.inst, &config.schedules);
                 let (actions, summary) = self.core.reload(&config.schedules, &markers, now);
                 self.perform(actions);
+                self.publish(None);
+                if let Some(metrics) = self.metrics() {
+                    metrics.reloaded(true);
+                    metrics.set_budgets(&config.schedules);
+                }
+                if config.metrics != self.config.metrics {
+                    tracing::warn!(
+                        "\"metrics\" changed in schedules.json; the metrics address changes at the next start"
+                    );
+                }
                 if config.max_concurrent_cycles != self.config.max_concurrent_cycles {
                     // Running cycles keep their permits of the old pool; new fires use the new one.
                     self.slots = Arc::new(Semaphore::new(config.max_concurrent_cycles));
@@ -487,6 +527,9 @@ impl Service {
                 });
             }
             Err(Problems(problems)) => {
+                if let Some(metrics) = self.metrics() {
+                    metrics.reloaded(false);
+                }
                 for p in &problems {
                     tracing::error!(trigger, "{p}");
                 }
@@ -514,6 +557,11 @@ impl Service {
     ) -> Result<Code, Error> {
         self.stopping.cancel();
         self.notify(self.notifier.stopping());
+        if let Some(metrics) = self.metrics() {
+            // No more fires: nothing is armed, so the grace is not mistaken for a stall.
+            metrics.health().armed(None);
+            metrics.health().set_ready(false);
+        }
         let grace = self.config.shutdown_grace;
         tracing::info!(signal = signal_name, running = self.core.running(), grace = %short(grace), "stopping: no new fires");
         let actions = self.core.stop(Utc::now());
@@ -697,12 +745,15 @@ impl Service {
             let instant = claim.key.scheduled_at;
             tracing::info!(schedule = %id, scheduled_at = %instant, attempt = claim.key.attempt, "cluster: running again an instant interrupted on another node (catch_up)");
             let pending = match self.core.start_retry(&id) {
-                Some(schedule) => Pending::Fire(Box::new(self.prepare(
-                    schedule,
-                    instant,
-                    now,
-                    claim.key.attempt,
-                ))),
+                Some(schedule) => {
+                    self.publish(Some(&id));
+                    Pending::Fire(Box::new(self.prepare(
+                        schedule,
+                        instant,
+                        now,
+                        claim.key.attempt,
+                    )))
+                }
                 None => {
                     let (status, why) = if self.stopping.is_cancelled() {
                         (Status::Interrupted, "not started: the service is stopping")
@@ -761,6 +812,7 @@ impl Service {
                     }
                 }
                 if !sync.paused.is_empty() || !sync.resumed.is_empty() {
+                    self.publish(None);
                     self.write_state();
                     if self.notifier.enabled() {
                         self.notify(self.notifier.status(&self.status_line()));
@@ -776,6 +828,7 @@ impl Service {
                 self.perform(actions);
                 if paused {
                     self.mark_paused_elsewhere(&escalation);
+                    self.publish(Some(&escalation.schedule));
                 }
             }
             Note::LastClaimed(claimed) => {
@@ -791,6 +844,7 @@ impl Service {
                 }
                 let actions = self.core.catch_up_from(&last, now);
                 self.perform(actions);
+                self.publish(None);
             }
         }
     }
@@ -805,6 +859,26 @@ impl Service {
         };
         if let Err(err) = state::mark_escalated(&self.inst, &e.schedule, &marker) {
             tracing::error!(schedule = %e.schedule, error = %err, "cannot record the escalation");
+        }
+    }
+
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.publisher.as_ref().map(Publisher::metrics)
+    }
+
+    /// Writes the core's state into the gauges: of the schedule `only` (a cycle of it
+    /// ended), or of every schedule.
+    fn publish(&mut self, only: Option<&str>) {
+        let Some(publisher) = &mut self.publisher else {
+            return;
+        };
+        match only {
+            Some(id) => {
+                if let Some(entry) = self.core.entry(id) {
+                    publisher.one(gauge_state(entry));
+                }
+            }
+            None => publisher.all(self.core.entries().map(gauge_state)),
         }
     }
 
@@ -840,6 +914,31 @@ impl Service {
                 tracing::debug!("sd_notify message dropped: the receiver is not reading")
             }
             Err(err) => tracing::warn!(error = %err, "sd_notify failed"),
+        }
+    }
+}
+
+fn gauge_state(entry: &Entry) -> ScheduleState<'_> {
+    ScheduleState {
+        schedule: &entry.schedule,
+        next: entry.next,
+        streak: entry.streak,
+        escalated: entry.escalated,
+        queued: entry.queued.is_some(),
+    }
+}
+
+/// A test hook: while the file named by `LOOP_ORCHESTRATOR_TEST_STALL_FILE` exists, the
+/// loop's thread sleeps at the top of each turn, as a loop stuck in a blocking call would.
+/// Only this thread stops: the cycles and the metrics server go on, so `/healthz` can be
+/// seen to turn 503 and back. Read once; unset, it costs nothing.
+fn stall_for_tests() {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let file =
+        FILE.get_or_init(|| std::env::var_os("LOOP_ORCHESTRATOR_TEST_STALL_FILE").map(Into::into));
+    if let Some(file) = file {
+        while file.exists() {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
