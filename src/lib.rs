@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod heap;
 pub mod instance;
 pub mod leftover;
+pub mod limits;
 pub mod lock;
 pub mod memory;
 pub mod mode;

@@ -1,4 +1,5 @@
-//! `resume ID`: lifts a schedule's escalation and tells a running service to re-read it.
+//! `resume ID`: lifts a schedule's escalation and its rate-limit pause, and tells a running
+//! service to re-read them.
 
 use chrono::{SecondsFormat, Utc};
 
@@ -11,8 +12,10 @@ use crate::memory::Section;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resumed {
     pub schedule: String,
-    /// Whether the schedule was escalated (otherwise nothing changed).
+    /// Whether the schedule was escalated.
     pub was_escalated: bool,
+    /// Whether the schedule was paused by a rate limit (its pause file is removed).
+    pub was_paused: bool,
     /// The running service that was told (SIGHUP), if any.
     pub service_pid: Option<i32>,
     /// A memory entry that could not be written.
@@ -28,10 +31,11 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
     let mut resumed = Resumed {
         schedule: id.to_string(),
         was_escalated: crate::state::clear_escalation(inst, id),
+        was_paused: crate::state::clear_pause(inst, id),
         service_pid: None,
         warning: None,
     };
-    if !resumed.was_escalated {
+    if !resumed.was_escalated && !resumed.was_paused {
         return Ok(resumed);
     }
     let entry = format!(

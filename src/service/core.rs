@@ -24,13 +24,20 @@
 //!   larger than [`LARGE_STEP_BACK`] (cronie's rule: the clock was wrong, not adjusted).
 //! - On stop, a queued fire gets an `interrupted` row, so every dispatched instant has
 //!   exactly one cycle row.
+//! - A fire while its schedule is paused by a rate limit, or once a day's cost reached a
+//!   budget (the schedule's or the instance's), is one `skipped` cycle row saying why and until
+//!   when ([`crate::limits`]); it never counts as a failure. The core learns a cycle's cost and
+//!   rate-limit pause from its [`Done`], the pauses on file at start and at each reload, and
+//!   today's costs from the rows at start. Another process's spending reaches it through the
+//!   fire task, which checks the files before it runs a cycle and reports a hold it found.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
+use crate::limits::{Hold, InstanceBudget, Ledger};
 use crate::schedule::{Overlap, Schedule};
-use crate::state::Escalation;
+use crate::state::{Escalation, Pause};
 use crate::timing::{Row, Status, failure_streak};
 
 /// Instants due for longer than this were missed, not merely reached late.
@@ -86,10 +93,19 @@ pub struct Entry {
     /// Consecutive cycles that counted as failures.
     pub streak: u32,
     pub escalated: bool,
+    /// A rate-limit pause, or a budget found spent on file, until its end.
+    pub held: Option<Hold>,
+    /// Today's cost of the schedule, against its budget.
+    pub spent: Ledger,
 }
 
 impl Entry {
     fn new(schedule: Schedule, escalated: bool, streak: u32, now: DateTime<Utc>) -> Entry {
+        let spent = Ledger::new(
+            schedule.max_cost_usd_per_day,
+            schedule.timezone.clone(),
+            now,
+        );
         let mut entry = Entry {
             schedule,
             next: None,
@@ -97,6 +113,8 @@ impl Entry {
             queued: None,
             streak,
             escalated,
+            held: None,
+            spent,
         };
         entry.arm(now);
         entry
@@ -112,12 +130,17 @@ impl Entry {
 }
 
 /// How a cycle the loop started ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Done {
     /// The cycle row's status; `None` when the task ended without one (it could not start).
     pub status: Option<Status>,
     /// Whether its cycle row counts toward the failure streak.
     pub counts_as_failure: bool,
+    /// The cycle row's `cost_usd`.
+    pub cost_usd: Option<f64>,
+    /// A pause its rate-limited modes asked for, or a pause or spent budget the fire found
+    /// on file (it did not run then).
+    pub hold: Option<Hold>,
 }
 
 /// What a reload changed, for the log.
@@ -133,6 +156,8 @@ pub struct Reloaded {
 #[derive(Debug)]
 pub struct Core {
     entries: BTreeMap<String, Entry>,
+    /// Today's cost of the whole instance, against its budget (see [`Core::load_limits`]).
+    instance: Ledger,
     /// The clock at the last observation, to notice it stepping back.
     last_now: DateTime<Utc>,
     stopping: bool,
@@ -173,6 +198,7 @@ impl Core {
         }
         let core = Core {
             entries,
+            instance: Ledger::new(None, crate::zone::Zone::utc(), now),
             last_now: now,
             stopping: false,
         };
@@ -272,6 +298,21 @@ impl Core {
         dispatched_at: DateTime<Utc>,
         actions: &mut Vec<Action>,
     ) {
+        if let Some(hold) = self.local_hold(id, dispatched_at) {
+            let Some(entry) = self.entries.get(id) else {
+                return;
+            };
+            let note = hold.note();
+            tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: {note}");
+            actions.push(Action::Row {
+                schedule: entry.schedule.clone(),
+                instant: Some(instant),
+                dispatched_at,
+                status: Status::Skipped,
+                note,
+            });
+            return;
+        }
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
@@ -311,6 +352,7 @@ impl Core {
     /// start the fire queued behind it.
     pub fn on_done(&mut self, id: &str, done: Done, now: DateTime<Utc>) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.count_limits(id, &done, now);
         let Some(entry) = self.entries.get_mut(id) else {
             return actions;
         };
@@ -498,6 +540,79 @@ impl Core {
     }
 }
 
+/// Pauses and budgets (SPEC §8): the local rule. What this node knows (its own cycles' costs
+/// and pauses, the files at start and reload) lives in [`Entry::held`], [`Entry::spent`] and
+/// the instance's ledger; rules learnt elsewhere (another node's claims in a cluster) merge
+/// into the same fields through a method of their own, and [`Core::local_hold`] applies both.
+impl Core {
+    /// What the files say: the instance's budget, the schedules' pauses on file (a schedule
+    /// without one is not paused: `resume` lifts a pause by removing its file), and, at start,
+    /// today's costs from the rows already written. Called after [`Core::new`] and after each
+    /// [`Core::reload`] (without rows: the costs counted since start stay).
+    pub fn load_limits(
+        &mut self,
+        budget: &InstanceBudget,
+        pauses: &HashMap<String, Pause>,
+        rows: Option<&[Row]>,
+        now: DateTime<Utc>,
+    ) {
+        let mut instance = Ledger::new(budget.max_usd_per_day, budget.zone.clone(), now);
+        if self.instance.zone == budget.zone {
+            instance.usd = self.instance.at(now).usd;
+        }
+        if let Some(rows) = rows {
+            instance.usd = 0.0;
+            instance.count_rows(rows, None);
+        }
+        self.instance = instance;
+        for (id, entry) in &mut self.entries {
+            let mut spent = Ledger::new(
+                entry.schedule.max_cost_usd_per_day,
+                entry.schedule.timezone.clone(),
+                now,
+            );
+            match rows {
+                Some(rows) => spent.count_rows(rows, Some(id)),
+                None if entry.spent.zone == spent.zone => spent.usd = entry.spent.at(now).usd,
+                None => {}
+            }
+            entry.spent = spent;
+            entry.held = pauses
+                .get(id)
+                .filter(|p| p.until > now)
+                .map(|p| Hold::RateLimited { until: p.until });
+        }
+    }
+
+    /// Why a fire of `id` may not run at `now`, if it may not.
+    pub fn local_hold(&self, id: &str, now: DateTime<Utc>) -> Option<Hold> {
+        let entry = self.entries.get(id)?;
+        entry
+            .held
+            .filter(|hold| hold.until() > now)
+            .or_else(|| crate::limits::hold(now, None, &entry.spent, &self.instance))
+    }
+
+    /// A fire's end: its cost counts toward today's, its hold holds the schedule.
+    fn count_limits(&mut self, id: &str, done: &Done, now: DateTime<Utc>) {
+        if let Some(cost) = done.cost_usd {
+            self.instance.add(now, cost);
+        }
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if let Some(cost) = done.cost_usd {
+            entry.spent.add(now, cost);
+        }
+        if let Some(hold) = done.hold {
+            if entry.held.is_none_or(|held| held.until() < hold.until()) {
+                tracing::warn!(schedule = %id, until = %hold.until(), "held: {}", hold.note());
+                entry.held = Some(hold);
+            }
+        }
+    }
+}
+
 /// A schedule disabled or removed by a reload: its queued instant gets a `skipped` row and
 /// its fires still waiting do not start.
 fn withdraw(entry: &mut Entry, now: DateTime<Utc>, how: &str, actions: &mut Vec<Action>) {
@@ -603,10 +718,14 @@ mod tests {
     const FAILED: Done = Done {
         status: Some(Status::Failed),
         counts_as_failure: true,
+        cost_usd: None,
+        hold: None,
     };
     const OK: Done = Done {
         status: Some(Status::Ok),
         counts_as_failure: false,
+        cost_usd: None,
+        hold: None,
     };
 
     #[test]
@@ -715,6 +834,7 @@ mod tests {
         let limited = Done {
             status: Some(Status::Failed),
             counts_as_failure: false,
+            ..Done::default()
         };
         for (second, done) in [
             (1, FAILED),

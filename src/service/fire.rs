@@ -2,9 +2,11 @@
 //! lock, then the cycle; and a schedule's `on_escalate` hook.
 //!
 //! Rules: a fire that never starts still gets exactly one cycle row (`interrupted` when the
-//! service stops first, `skipped` when its schedule is withdrawn or the schedule's lock is
-//! held elsewhere); its end always reaches the loop, even when the task panics or is dropped
-//! ([`DoneGuard`]).
+//! service stops first, `skipped` when its schedule is withdrawn, the schedule's lock is held
+//! elsewhere, or the files say the schedule is paused or over budget); its end always reaches
+//! the loop, even when the task panics or is dropped ([`DoneGuard`]). The files are checked
+//! under the schedule's lock, right before the cycle: a `run-cycle` may have been limited or
+//! spent since the core last looked ([`crate::limits::on_disk`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use super::core::Done;
 use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
+use crate::limits::InstanceBudget;
 use crate::lock::{LockError, LockFile};
 use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
@@ -41,10 +44,7 @@ impl DoneGuard {
         DoneGuard {
             tx,
             id,
-            done: Done {
-                status: None,
-                counts_as_failure: false,
-            },
+            done: Done::default(),
         }
     }
 
@@ -52,6 +52,7 @@ impl DoneGuard {
         self.done = Done {
             status: Some(status),
             counts_as_failure,
+            ..Done::default()
         };
     }
 }
@@ -75,13 +76,15 @@ pub struct Stops {
     pub withdrawn: CancellationToken,
 }
 
-/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle.
+/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the pause and
+/// budgets on file, the cycle.
 pub async fn run_fire(
-    spec: CycleSpec,
+    mut spec: CycleSpec,
     recorder: Recorder,
     jitter: Duration,
     slots: Arc<Semaphore>,
     stops: Stops,
+    budget: InstanceBudget,
     mut done: DoneGuard,
 ) {
     let Stops {
@@ -164,9 +167,22 @@ pub async fn run_fire(
             return;
         }
     };
+    let gate = crate::limits::on_disk(&spec.inst, &spec.schedule, &budget, Utc::now());
+    if let Some(hold) = gate.hold {
+        skipped(&mut done, &hold.note());
+        done.done.hold = Some(hold);
+        return;
+    }
+    spec.allowance = gate.allowance;
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
-        Ok(outcome) => done.set(outcome.status, outcome.counts_as_failure),
+        Ok(outcome) => {
+            done.set(outcome.status, outcome.counts_as_failure);
+            done.done.cost_usd = outcome.cost_usd;
+            done.done.hold = outcome
+                .paused_until
+                .map(|until| crate::limits::Hold::RateLimited { until });
+        }
         Err(err) => {
             tracing::error!(schedule = %id, error = %err, "cycle failed to record");
             done.set(Status::Failed, true);

@@ -29,6 +29,7 @@ use crate::cycle::CycleSpec;
 use crate::duration::short;
 use crate::exit::{Code, Error};
 use crate::instance::Instance;
+use crate::limits::InstanceBudget;
 use crate::memory::{MemoryLimits, Section};
 use crate::recorder::Recorder;
 use crate::schedule::Schedule;
@@ -90,7 +91,13 @@ impl Service {
         let now = Utc::now();
         let rows = rows_of(&inst);
         let markers = markers(&inst, &config.schedules);
-        let (core, actions) = Core::new(&config.schedules, &rows, &markers, now);
+        let (mut core, actions) = Core::new(&config.schedules, &rows, &markers, now);
+        core.load_limits(
+            &InstanceBudget::of(&config),
+            &pauses(&inst, &config.schedules),
+            Some(&rows),
+            now,
+        );
         let mut service = Service {
             recorder,
             slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
@@ -257,6 +264,8 @@ impl Service {
             todo_item: None,
             dispatched_at: Some(dispatched_at),
             note: (!jitter.is_zero()).then(|| format!("jitter {}", short(jitter))),
+            // The fire task reads it from the files, under the schedule's lock.
+            allowance: None,
         };
         self.workers.spawn(fire::run_fire(
             spec,
@@ -268,6 +277,7 @@ impl Service {
                 cancel: self.cancel.clone(),
                 withdrawn,
             },
+            InstanceBudget::of(&self.config),
             guard,
         ));
     }
@@ -327,6 +337,12 @@ impl Service {
             Ok(config) => {
                 let markers = markers(&self.inst, &config.schedules);
                 let (actions, summary) = self.core.reload(&config.schedules, &markers, now);
+                self.core.load_limits(
+                    &InstanceBudget::of(&config),
+                    &pauses(&self.inst, &config.schedules),
+                    None,
+                    now,
+                );
                 self.perform(actions);
                 if config.max_concurrent_cycles != self.config.max_concurrent_cycles {
                     // Running cycles keep their permits of the old pool; new fires use the new one.
@@ -470,6 +486,14 @@ fn markers(inst: &Instance, schedules: &[Schedule]) -> HashMap<String, Escalatio
     schedules
         .iter()
         .filter_map(|s| Some((s.id.clone(), state::escalation(inst, &s.id)?)))
+        .collect()
+}
+
+/// The rate-limit pauses on file for `schedules`.
+fn pauses(inst: &Instance, schedules: &[Schedule]) -> HashMap<String, state::Pause> {
+    schedules
+        .iter()
+        .filter_map(|s| Some((s.id.clone(), state::pause_of(inst, &s.id)?)))
         .collect()
 }
 
