@@ -775,6 +775,9 @@ fn judge(
     let mut parts: Vec<String> = Vec::new();
     match headline {
         Some(headline) => {
+            // The reader words a bad exit status itself when the agent said nothing clearer.
+            let said_exit =
+                headline.starts_with("exit status ") || headline.starts_with("ended by a signal");
             parts.push(headline);
             parts.extend(fallback.map(str::to_string));
             let ending = match (outcome.exit_code, outcome.signal) {
@@ -786,7 +789,11 @@ fn judge(
                 ),
                 (None, None) => "ended without a status".to_string(),
             };
-            parts.push(format!("{ending}{}", outcome.summary_notes));
+            if !said_exit {
+                parts.push(format!("{ending}{}", outcome.summary_notes));
+            } else if let Some(notes) = outcome.summary_notes.strip_prefix("; ") {
+                parts.push(notes.to_string());
+            }
         }
         None => {
             parts.extend(fallback.map(str::to_string));

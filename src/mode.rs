@@ -10,6 +10,10 @@
 //! `prompt` and `output` where the file gives none; `fallback` argvs are for a rate-limited
 //! agent.
 //!
+//! With a list of agents, the first one installed runs; `command`, when given, replaces the
+//! preset of the agent whose program it runs (else the first agent's), and the other agents'
+//! presets follow it before the `alternatives`.
+//!
 //! How one argv (a command, an alternative or a fallback) runs is its [`Invocation`]: the
 //! named agent whose program it runs (by file name), else the first named agent, gives the
 //! prompt delivery, the output format and the preset's environment; `prompt` and `output` in
@@ -185,8 +189,24 @@ impl Mode {
         let preset_argv = |agent: &Agent| -> Vec<String> {
             agent.preset().argv.iter().map(|a| a.to_string()).collect()
         };
-        let mut commands = match front.command {
-            Some(command) => vec![command],
+        // `command` stands for the named agent whose program it runs (else the first); the
+        // other named agents' presets follow it, in order.
+        let mut commands: Vec<Vec<String>> = match front.command {
+            Some(command) => {
+                let replaced = program_name(&command)
+                    .and_then(Agent::from_name)
+                    .filter(|a| front.agent.contains(a))
+                    .or_else(|| front.agent.first().copied());
+                std::iter::once(command)
+                    .chain(
+                        front
+                            .agent
+                            .iter()
+                            .filter(|a| Some(**a) != replaced)
+                            .map(preset_argv),
+                    )
+                    .collect()
+            }
             None => front.agent.iter().map(preset_argv).collect(),
         };
         if commands.is_empty() {
@@ -279,11 +299,7 @@ impl Mode {
     /// How `argv` (one of this mode's commands, alternatives or fallbacks, as written) runs:
     /// the named agent whose program it runs, else the first named agent, is its preset.
     pub fn invocation(&self, argv: &[String]) -> Invocation {
-        let program = argv
-            .first()
-            .and_then(|p| Path::new(p).file_name())
-            .and_then(|p| p.to_str())
-            .unwrap_or_default();
+        let program = program_name(argv).unwrap_or_default();
         let agent = self
             .agents
             .iter()
@@ -314,6 +330,13 @@ impl Mode {
     pub fn is_agent(&self) -> bool {
         !self.agents.is_empty() || self.output_given.is_some()
     }
+}
+
+/// The file name of an argv's program: `/usr/local/bin/codex` runs `codex`.
+fn program_name(argv: &[String]) -> Option<&str> {
+    argv.first()
+        .and_then(|p| Path::new(p).file_name())
+        .and_then(|p| p.to_str())
 }
 
 /// `agent = "claude"` or `agent = ["claude", "codex"]`. Each name is read as [`Agent`] is, so
@@ -478,6 +501,20 @@ mod tests {
             (of(2).output, of(2).prompt),
             (Some(OutputFormat::Text), PromptKind::File)
         );
+        // `command` replaces the preset of the agent it runs; the others follow.
+        let mode = parse(
+            "+++\nagent = [\"claude\", \"codex\"]\ncommand = [\"claude\", \"-p\", \"--output-format\", \"json\", \"--permission-mode\", \"acceptEdits\"]\n+++\n",
+        )
+        .unwrap();
+        let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(programs, ["claude", "codex"]);
+        assert_eq!(mode.commands[0].len(), 6);
+        let mode = parse(
+            "+++\nagent = [\"claude\", \"codex\"]\ncommand = [\"/opt/codex\", \"exec\", \"--json\", \"-\"]\n+++\n",
+        )
+        .unwrap();
+        let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(programs, ["/opt/codex", "claude"]);
         // A wrapper whose name is no agent's runs as the first agent; a fallback by its name.
         let wrapper = vec!["/opt/bin/run-claude.sh".to_string()];
         assert_eq!(mode.invocation(&wrapper).agent, Some(Agent::Claude));
