@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Renders `report --html` over generated timing files of 1, 1,000 and 1,000,000 rows (with
 # torn, foreign and garbage lines in the larger two, and daily budgets in schedules.json),
-# checks each page (self-contained, at most 2 MB, written within 2 s) and takes a screenshot
+# checks each page (self-contained, at most 2 MB) and takes a screenshot
 # of each with headless Chromium, for a person to look at. Skipped, with a message, when no
 # Chromium is installed. Usage: .ci/report-screenshots.sh [OUT_DIR] (default
 # target/report-screenshots).
@@ -48,7 +48,8 @@ JSON
   size=$(stat -c %s "$page")
   echo "report --html over $rows rows: ${ms} ms, $size bytes"
   if [ "$size" -gt 2000000 ]; then echo "FAIL: $page is over 2 MB"; exit 1; fi
-  if [ "$rows" -eq 1000000 ] && [ "$ms" -gt 2000 ]; then echo "FAIL: over 2 s"; exit 1; fi
+  # How fast is figure 9's business (BENCHMARKS.md), measured on a quiet machine; a loaded CI
+  # machine only prints it here.
   # Escaped text cannot hold a `<` or a quote, so these match only real tags and attributes.
   if grep -Eiq '<script|<[^>]*[[:space:]](src|href|xlink:href|action)[[:space:]]*=|url\(|@import' "$page"; then
     echo "FAIL: $page is not self-contained:"

@@ -266,7 +266,20 @@ fn sigkill_during_prune_loses_nothing() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        thread::sleep(Duration::from_micros(rng.below(window_us(count))));
+        if round % 4 == 3 {
+            // Every fourth round kills the moment the archive appears: the stretch between
+            // the archive write and the replace is short, and random kills on a loaded
+            // machine could all land before it.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !archive_path.exists() && Instant::now() < deadline {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        } else {
+            thread::sleep(Duration::from_micros(rng.below(window_us(count))));
+        }
         let _ = child.kill();
         let status = child.wait().unwrap();
 
