@@ -883,16 +883,17 @@ fn serve_and_run_cycle_share_the_budget_and_skip_once_it_is_spent() {
     assert!(spent <= 0.02 + 0.0123 + 1e-9, "{spent}");
 }
 
-/// The real `claude` CLI, without credentials (its HOME is empty): it answers with an error
-/// result and exit 1 within a few seconds; the row is `failed` with its own text.
-#[test]
-fn the_real_claude_cli_without_credentials_fails_with_its_own_error_text() {
-    let Ok(claude) = which_claude() else {
+/// Runs the real `agent` CLI (installed from npm as `package`) as a mode that names only the
+/// agent, without credentials (an empty HOME, no key in the environment). It fails within
+/// seconds with its own error text, which must start the row's note. Skipped with a message
+/// naming the CLI when it is not installed, failed when LOOP_TEST_REQUIRE_ALL is set.
+fn real_cli_without_credentials(agent: &str, package: &str, error: &str, exit: &str) {
+    let Some(found) = on_path(agent) else {
         assert!(
             std::env::var_os("LOOP_TEST_REQUIRE_ALL").is_none(),
-            "LOOP_TEST_REQUIRE_ALL is set and `claude` (npm @anthropic-ai/claude-code) is not on PATH"
+            "LOOP_TEST_REQUIRE_ALL is set and `{agent}` (npm {package}) is not on PATH"
         );
-        eprintln!("skipped: `claude` (npm @anthropic-ai/claude-code) is not on PATH");
+        eprintln!("skipped: `{agent}` (npm {package}) is not on PATH");
         return;
     };
     let home = tempfile::tempdir().unwrap();
@@ -907,13 +908,17 @@ fn the_real_claude_cli_without_credentials_fails_with_its_own_error_text() {
     mode(
         &inst,
         "implementation",
-        "agent = \"claude\"\nexpect_output = true",
+        &format!("agent = \"{agent}\"\nexpect_output = true"),
     );
     let mut command = inst.command(&["run-cycle"]);
     for var in [
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_AUTH_TOKEN",
         "CLAUDE_CODE_OAUTH_TOKEN",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_GENAI_USE_GCA",
     ] {
         command.env_remove(var);
     }
@@ -923,27 +928,49 @@ fn the_real_claude_cli_without_credentials_fails_with_its_own_error_text() {
         out.status.code(),
         Some(1),
         "{}: {}",
-        claude.display(),
+        found.display(),
         text(&out)
     );
     assert!(started.elapsed() < Duration::from_secs(90));
     let row = &rows_of(&inst, "implementation")[0];
-    assert_eq!(row[STATUS], "failed", "{row:?}");
+    assert_eq!(
+        (row[STATUS].as_str(), row[EXIT].as_str()),
+        ("failed", exit),
+        "{row:?}"
+    );
     assert!(
-        row[NOTE].starts_with("Not logged in"),
+        row[NOTE].starts_with(error),
         "the CLI's own text first: {}",
         row[NOTE]
     );
 }
 
-fn which_claude() -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("claude"))
-                .find(|p| p.is_file())
-        })
-        .ok_or(())
+#[test]
+fn the_real_claude_cli_without_credentials_fails_with_its_own_error_text() {
+    real_cli_without_credentials(
+        "claude",
+        "@anthropic-ai/claude-code",
+        "Not logged in · Please run /login; exit 1",
+        "1",
+    );
+}
+
+#[test]
+fn the_real_gemini_cli_without_credentials_fails_with_its_own_error_text() {
+    real_cli_without_credentials(
+        "gemini",
+        "@google/gemini-cli",
+        "Please set an Auth method in your ",
+        "41",
+    );
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 #[test]

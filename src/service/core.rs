@@ -851,6 +851,132 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_pause_skips_fires_until_its_end_and_counts_nothing() {
+        let s = schedule(r#"{"id": "r", "task": "t", "cron": "* * * * * *", "max_failures": 1}"#);
+        let mut core = core(&[s], at("2026-11-21T12:00:00.500Z"));
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        let limited = Done {
+            status: Some(Status::Failed),
+            counts_as_failure: false,
+            cost_usd: Some(0.01),
+            hold: Some(Hold::RateLimited {
+                until: at("2026-11-21T12:00:03.500Z"),
+            }),
+        };
+        assert!(
+            core.on_done("r", limited, at("2026-11-21T12:00:01.5Z"))
+                .is_empty()
+        );
+        for second in [2, 3] {
+            let actions = core.dispatch_due(at(&format!("2026-11-21T12:00:0{second}.001Z")));
+            assert!(starts(&actions).is_empty());
+            assert_eq!(
+                rows(&actions)[0].2,
+                "rate limited until 2026-11-21T12:00:03Z",
+                "{second}"
+            );
+        }
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-21T12:00:04.001Z"))).len(),
+            1
+        );
+        assert!(!core.entry("r").unwrap().escalated);
+    }
+
+    #[test]
+    fn a_spent_budget_skips_fires_until_the_next_day_and_a_reload_keeps_the_count() {
+        let s = schedule(
+            r#"{"id": "b", "task": "t", "cron": "0 0 * * * *", "max_cost_usd_per_day": 0.02}"#,
+        );
+        let now = at("2026-11-21T21:30:00Z");
+        let mut core = core(std::slice::from_ref(&s), now);
+        let row = |cost: f64| Row {
+            scheduled_at: None,
+            started_at: at("2026-11-21T10:00:00Z"),
+            finished_at: at("2026-11-21T10:00:01Z"),
+            duration_ms: 1000,
+            priority: crate::timing::Priority::Schedule,
+            schedule: "b".into(),
+            cycle: "c".into(),
+            mode: "cycle".into(),
+            attempt: 1,
+            status: Status::Ok,
+            exit_code: None,
+            cost_usd: Some(cost),
+            note: String::new(),
+        };
+        let budget = InstanceBudget {
+            max_usd_per_day: None,
+            zone: crate::zone::Zone::utc(),
+        };
+        core.load_limits(&budget, &HashMap::new(), Some(&[row(0.0123)]), now);
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-21T22:00:00Z"))).len(),
+            1
+        );
+        let done = Done {
+            status: Some(Status::Ok),
+            cost_usd: Some(0.0123),
+            ..Done::default()
+        };
+        core.on_done("b", done, at("2026-11-21T22:00:05Z"));
+        core.reload(&[s], &HashMap::new(), at("2026-11-21T22:10:00Z"));
+        core.load_limits(&budget, &HashMap::new(), None, at("2026-11-21T22:10:00Z"));
+        let actions = core.dispatch_due(at("2026-11-21T23:00:00Z"));
+        assert_eq!(
+            rows(&actions)[0].2,
+            "budget spent until 2026-11-22T00:00:00Z: $0.0246 of the schedule's budget of $0.02 a day"
+        );
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-22T00:00:00Z"))).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_instance_budget_holds_every_schedule_and_a_pause_on_file_holds_one() {
+        let a = schedule(r#"{"id": "a", "task": "t", "cron": "0 * * * * *"}"#);
+        let b = schedule(r#"{"id": "b", "task": "t", "cron": "0 * * * * *"}"#);
+        let now = at("2026-11-21T12:00:30Z");
+        let mut core = core(&[a, b], now);
+        let budget = InstanceBudget {
+            max_usd_per_day: Some(1.0),
+            zone: crate::zone::Zone::utc(),
+        };
+        let pause = Pause {
+            until: at("2026-11-21T12:01:30Z"),
+            at: now,
+            cycle: "c".into(),
+            note: "limited".into(),
+        };
+        core.load_limits(
+            &budget,
+            &HashMap::from([("a".to_string(), pause)]),
+            Some(&[]),
+            now,
+        );
+        let actions = core.dispatch_due(at("2026-11-21T12:01:00Z"));
+        assert_eq!(starts(&actions).len(), 1, "b runs, a is paused");
+        assert_eq!(
+            rows(&actions)[0].2,
+            "rate limited until 2026-11-21T12:01:30Z"
+        );
+        let done = Done {
+            status: Some(Status::Ok),
+            cost_usd: Some(1.5),
+            ..Done::default()
+        };
+        core.on_done("b", done, at("2026-11-21T12:01:10Z"));
+        let actions = core.dispatch_due(at("2026-11-21T12:02:00Z"));
+        assert!(starts(&actions).is_empty());
+        assert!(
+            rows(&actions)
+                .iter()
+                .all(|r| r.2.ends_with("of the instance's budget of $1 a day"))
+        );
+    }
+
+    #[test]
     fn streaks_start_from_the_rows_and_markers_of_changed_entries_are_cleared() {
         let a = schedule(r#"{"id": "a", "task": "t"}"#);
         let b = schedule(r#"{"id": "b", "task": "changed"}"#);
