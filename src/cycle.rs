@@ -7,7 +7,7 @@
 //! its limit, and the last HANDOFF saved for the schedule's next cycle. The caller holds the
 //! schedule's lock and has checked the schedule's pause and budgets; this module only runs.
 //!
-//! Agents (SPEC §8): a run of an agent mode is judged by what the agent says ([`judge`]):
+//! Agents (SPEC §8): a run of an agent mode is judged by what the agent says (`judge` below):
 //! its own error fails the run even on exit 0, with its text first in the note; its tokens
 //! go in the note and its cost in the row. A rate-limited run (note `rate limited …`) is
 //! followed, within the same attempt, by the mode's `fallback` argvs in order, a row each;

@@ -19,7 +19,7 @@ use super::core::Done;
 use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
-use crate::limits::InstanceBudget;
+use crate::limits::{Hold, InstanceBudget};
 use crate::lock::{LockError, LockFile};
 use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
@@ -52,6 +52,27 @@ impl DoneGuard {
         self.done = Done {
             status: Some(status),
             counts_as_failure,
+            ..Done::default()
+        };
+    }
+
+    /// The cycle ran: its status, its cost, and the pause its rate limits ask for.
+    fn ran(&mut self, outcome: &cycle::CycleOutcome) {
+        self.done = Done {
+            status: Some(outcome.status),
+            counts_as_failure: outcome.counts_as_failure,
+            cost_usd: outcome.cost_usd,
+            hold: outcome
+                .paused_until
+                .map(|until| Hold::RateLimited { until }),
+        };
+    }
+
+    /// The files held the fire (its `skipped` row is written).
+    fn held(&mut self, hold: Hold) {
+        self.done = Done {
+            status: Some(Status::Skipped),
+            hold: Some(hold),
             ..Done::default()
         };
     }
@@ -170,19 +191,13 @@ pub async fn run_fire(
     let gate = crate::limits::on_disk(&spec.inst, &spec.schedule, &budget, Utc::now());
     if let Some(hold) = gate.hold {
         skipped(&mut done, &hold.note());
-        done.done.hold = Some(hold);
+        done.held(hold);
         return;
     }
     spec.allowance = gate.allowance;
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
-        Ok(outcome) => {
-            done.set(outcome.status, outcome.counts_as_failure);
-            done.done.cost_usd = outcome.cost_usd;
-            done.done.hold = outcome
-                .paused_until
-                .map(|until| crate::limits::Hold::RateLimited { until });
-        }
+        Ok(outcome) => done.ran(&outcome),
         Err(err) => {
             tracing::error!(schedule = %id, error = %err, "cycle failed to record");
             done.set(Status::Failed, true);
