@@ -299,7 +299,7 @@ pub fn status(report: &Report, now: DateTime<Utc>) -> String {
         && (budget.cost_today_usd > 0.0 || budget.max_cost_usd_per_day.is_some())
     {
         let _ = writeln!(out);
-        let _ = writeln!(out, "cost      {} (all schedules)", spending(budget));
+        let _ = writeln!(out, "cost      all schedules: {}", spending(budget));
     }
     let _ = writeln!(out);
     let _ = writeln!(
