@@ -148,10 +148,11 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
             .or_default()
             .push(row);
     }
+    let recent = crate::limits::recent_costs(&rows, now);
     let instance = config.as_ref().map(|config| {
         let budget = InstanceBudget::of(config);
         let mut ledger = Ledger::new(budget.max_usd_per_day, budget.zone, now);
-        ledger.count_rows(&rows, None);
+        ledger.count_rows(recent.values().flatten().copied(), None);
         ledger
     });
     let schedules = config
@@ -163,7 +164,10 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
                 .iter()
                 .map(|s| {
                     let mut spent = Ledger::new(s.max_cost_usd_per_day, s.timezone.clone(), now);
-                    spent.count_rows(&rows, Some(&s.id));
+                    spent.count_rows(
+                        recent.get(s.id.as_str()).into_iter().flatten().copied(),
+                        Some(&s.id),
+                    );
                     let paused = crate::state::pause_of(inst, &s.id).map(|p| p.until);
                     let hold =
                         crate::limits::hold(now, paused, &spent, instance).map(|h| HoldStatus {

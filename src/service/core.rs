@@ -556,13 +556,14 @@ impl Core {
         rows: Option<&[Row]>,
         now: DateTime<Utc>,
     ) {
+        let recent = rows.map(|rows| crate::limits::recent_costs(rows, now));
         let mut instance = Ledger::new(budget.max_usd_per_day, budget.zone.clone(), now);
-        if self.instance.zone == budget.zone {
-            instance.usd = self.instance.at(now).usd;
-        }
-        if let Some(rows) = rows {
-            instance.usd = 0.0;
-            instance.count_rows(rows, None);
+        match &recent {
+            Some(recent) => instance.count_rows(recent.values().flatten().copied(), None),
+            None if self.instance.zone == budget.zone => {
+                instance.usd = self.instance.at(now).usd;
+            }
+            None => {}
         }
         self.instance = instance;
         for (id, entry) in &mut self.entries {
@@ -571,8 +572,11 @@ impl Core {
                 entry.schedule.timezone.clone(),
                 now,
             );
-            match rows {
-                Some(rows) => spent.count_rows(rows, Some(id)),
+            match &recent {
+                Some(recent) => spent.count_rows(
+                    recent.get(id.as_str()).into_iter().flatten().copied(),
+                    Some(id),
+                ),
                 None if entry.spent.zone == spent.zone => spent.usd = entry.spent.at(now).usd,
                 None => {}
             }
