@@ -22,6 +22,7 @@ pub mod instance;
 pub mod leftover;
 pub mod limits;
 pub mod lock;
+pub mod mcp;
 pub mod memory;
 pub mod mode;
 pub mod problem;

@@ -79,7 +79,7 @@ fn section_for(n: usize) -> Section {
 fn entry_text(round: usize, n: usize) -> String {
     let (minute, second) = (n / 60 % 60, n % 60);
     match section_for(n) {
-        Section::SystemUpdates if n % 97 == 0 => {
+        Section::SystemUpdates if n.is_multiple_of(97) => {
             // Identical apart from the timestamp: collapses to the newest copy.
             format!(
                 "2026-11-21T10:{minute:02}:{second:02}.250Z [main-loop/quality] repeated status"

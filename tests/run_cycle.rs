@@ -330,10 +330,10 @@ fn flood_is_capped_in_the_log_and_memory_stays_small() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if let Ok(text) = std::fs::read_to_string(&status_path) {
-            if let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:")) {
-                peak_kib = peak_kib.max(line.split_whitespace().nth(1).unwrap().parse().unwrap());
-            }
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(line) = text.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            peak_kib = peak_kib.max(line.split_whitespace().nth(1).unwrap().parse().unwrap());
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -22,6 +22,7 @@ mod cycle;
 mod fire;
 mod instance;
 mod lateness;
+mod mcp;
 mod prune;
 mod report;
 mod scale;
@@ -75,7 +76,8 @@ const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md
 const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] [--out FILE]
 figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale,
 9 report
-       bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)";
+       bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)
+       bench mcp [--calls N]                    (MCP tools/call round trips, stdio and HTTP)";
 
 struct Args {
     figures: Vec<u8>,
@@ -134,6 +136,7 @@ fn main() -> ExitCode {
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
         Some("claims") => Some(claims::main(&args[1..])),
         Some("__timing-log") => Some(timing_log::command(&args[1..])),
+        Some("mcp") => Some(mcp::main(&args[1..])),
         _ => None,
     };
     if let Some(result) = worker {

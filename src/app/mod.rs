@@ -5,14 +5,20 @@
 //! returns `Result<_, `[`Error`]`>`; [`Error::exit_code`] is the one mapping to exit codes.
 //! `serve` lives in [`crate::service`]; this layer may start it but adds nothing to it.
 
+pub mod enable;
+pub mod files;
 pub mod init;
 pub mod memory;
+pub mod memory_section;
+pub mod mode_prompt;
 pub mod modes;
 pub mod next;
 pub mod report;
 pub mod resume;
 pub mod run_cycle;
+pub mod schedules;
 pub mod status;
+pub mod timing;
 pub mod todo;
 pub mod validate;
 

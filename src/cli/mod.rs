@@ -7,7 +7,8 @@
 //! (SPEC §7): 0 success, 1 a mode failed, 2 invalid input, 75 the schedule's cycle is already
 //! running (EX_TEMPFAIL), 130 interrupted by a signal.
 
-mod render;
+mod mcp;
+pub(crate) mod render;
 
 use std::path::PathBuf;
 
@@ -121,6 +122,8 @@ pub enum Command {
         /// Where (default: --dir).
         target: Option<PathBuf>,
     },
+    /// Serve the Model Context Protocol on stdio (or Streamable HTTP with --http ADDR).
+    Mcp(mcp::McpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -281,6 +284,7 @@ pub fn run(cli: Cli) -> Result<Code, Error> {
                 Code::INVALID
             })
         }
+        Command::Mcp(args) => mcp::run(&inst, args),
         Command::Init { target } => {
             let target = target.unwrap_or(cli.dir);
             let done = app::init::init(&target)?;

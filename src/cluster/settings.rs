@@ -78,15 +78,15 @@ impl ClusterConfig {
     /// What the types cannot judge, as (field, message) for the caller to place in the file.
     pub fn check(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
-        if let Some(url) = &self.postgres {
-            if let Err(err) = PgUrl::parse(url) {
-                problems.push(("postgres", err.to_string()));
-            }
+        if let Some(url) = &self.postgres
+            && let Err(err) = PgUrl::parse(url)
+        {
+            problems.push(("postgres", err.to_string()));
         }
-        if let Some(node) = &self.node {
-            if let Err(message) = check_node_name(node) {
-                problems.push(("node", message));
-            }
+        if let Some(node) = &self.node
+            && let Err(message) = check_node_name(node)
+        {
+            problems.push(("node", message));
         }
         let lease = self.lease.0;
         if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {

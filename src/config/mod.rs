@@ -317,15 +317,15 @@ pub fn parse_schedules(
         };
         // Read the id from the raw entry so an entry with another error still takes part in
         // the duplicate check.
-        if let Some(id) = entry.get("id").and_then(Value::as_str) {
-            if let Some(first) = seen.insert(id.to_string(), index) {
-                let first = at(&[Seg::Key("schedules".into()), Seg::Index(first)], false).0;
-                report(
-                    with("id"),
-                    format!("duplicate id {id:?} (first used on line {first})"),
-                    false,
-                );
-            }
+        if let Some(id) = entry.get("id").and_then(Value::as_str)
+            && let Some(first) = seen.insert(id.to_string(), index)
+        {
+            let first = at(&[Seg::Key("schedules".into()), Seg::Index(first)], false).0;
+            report(
+                with("id"),
+                format!("duplicate id {id:?} (first used on line {first})"),
+                false,
+            );
         }
         let fields: ScheduleFields = match deserialize(entry, base.clone()) {
             Ok(fields) => fields,

@@ -838,7 +838,7 @@ fn compact(n: u64) -> String {
     match n {
         0..=9_999 => n.to_string(),
         10_000..=999_999 => format!("{}k", n / 1_000),
-        _ if n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        _ if n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
         _ => format!("{:.1}M", n as f64 / 1e6),
     }
 }

@@ -608,11 +608,11 @@ impl Core {
         if let Some(cost) = done.cost_usd {
             entry.spent.add(now, cost);
         }
-        if let Some(hold) = done.hold {
-            if entry.held.is_none_or(|held| held.until() < hold.until()) {
-                tracing::warn!(schedule = %id, until = %hold.until(), "held: {}", hold.note());
-                entry.held = Some(hold);
-            }
+        if let Some(hold) = done.hold
+            && entry.held.is_none_or(|held| held.until() < hold.until())
+        {
+            tracing::warn!(schedule = %id, until = %hold.until(), "held: {}", hold.note());
+            entry.held = Some(hold);
         }
     }
 }
