@@ -9,3 +9,5 @@ cargo run --release --locked -p bench -- all --smoke
 if [ -n "${LOOP_TEST_POSTGRES:-}" ]; then cargo run --release --locked -p bench -- claims --seconds 1; fi
 # MCP round trips over stdio and HTTP, a few calls.
 cargo run --release --locked -p bench -- mcp --calls 20
+# serve --metrics: scrapes, and figure 1 beside them (figure 10).
+cargo run --release --locked -p bench -- metrics --smoke

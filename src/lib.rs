@@ -24,6 +24,7 @@ pub mod limits;
 pub mod lock;
 pub mod mcp;
 pub mod memory;
+pub mod metrics;
 pub mod mode;
 pub mod problem;
 pub mod program;

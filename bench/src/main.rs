@@ -23,6 +23,7 @@ mod fire;
 mod instance;
 mod lateness;
 mod mcp;
+mod metrics;
 mod prune;
 mod report;
 mod scale;
@@ -77,7 +78,8 @@ const USAGE: &str = "usage: bench <figure>...|all [--quick] [--smoke] [--write] 
 figures: 1 fire, 2 idle, 3 append, 4 prune, 5 cycle, 6 shutdown, 7 reload, 8 scale,
 9 report
        bench claims [--seconds N] [--url URL]   (cluster claims against a real PostgreSQL)
-       bench mcp [--calls N]                    (MCP tools/call round trips, stdio and HTTP)";
+       bench mcp [--calls N]                    (MCP tools/call round trips, stdio and HTTP)
+       bench metrics [--quick] [--smoke] [--write]   (serve --metrics: scrapes, and figure 1 beside it)";
 
 struct Args {
     figures: Vec<u8>,
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
         Some("__append-worker") => Some(append::worker(&args[1..])),
         Some("__tcs-idle") => Some(fire::idle_worker(&args[1..])),
         Some("claims") => Some(claims::main(&args[1..])),
+        Some("metrics") => Some(metrics::main(&args[1..])),
         Some("__timing-log") => Some(timing_log::command(&args[1..])),
         Some("mcp") => Some(mcp::main(&args[1..])),
         _ => None,
@@ -188,7 +191,13 @@ fn main() -> ExitCode {
     }
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
     if args.write {
-        match report::write_file(&args.out, &machine, &figures, args.size.as_str(), &date) {
+        match report::write_file(
+            &args.out,
+            Some(&machine),
+            &figures,
+            args.size.as_str(),
+            &date,
+        ) {
             Ok(()) => eprintln!("wrote {}", args.out.display()),
             Err(e) => {
                 eprintln!("cannot write {}: {e}", args.out.display());

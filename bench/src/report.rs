@@ -199,11 +199,12 @@ Every figure below is produced by `cargo run --release -p bench -- all --write` 
 in the same invocation, on the same machine, so the ratio holds on a noisy machine. Text \
 outside the `bench:` markers is written by hand (causes of missed targets) and kept.\n";
 
-/// Rewrites the machine block and the blocks of `figures` in the file at `path`,
-/// creating the file when it does not exist.
+/// Rewrites the machine block (unless `machine` is `None`: a figure run on its own leaves
+/// the other figures' machine line alone) and the blocks of `figures` in the file at
+/// `path`, creating the file when it does not exist.
 pub fn write_file(
     path: &Path,
-    machine: &str,
+    machine: Option<&str>,
     figures: &[Figure],
     sizes: &str,
     date: &str,
@@ -217,10 +218,12 @@ pub fn write_file(
         let (open, close) = markers("machine");
         text = format!("{PREAMBLE}\n## Machine\n\n{open}\n{close}\n");
     }
-    text = replace_block(&text, "machine", machine).unwrap_or_else(|| {
-        let (open, close) = markers("machine");
-        format!("{text}\n## Machine\n\n{open}\n{machine}{close}\n")
-    });
+    if let Some(machine) = machine {
+        text = replace_block(&text, "machine", machine).unwrap_or_else(|| {
+            let (open, close) = markers("machine");
+            format!("{text}\n## Machine\n\n{open}\n{machine}{close}\n")
+        });
+    }
     for figure in figures {
         let key = figure.number.to_string();
         let body = block(figure, sizes, date);
@@ -251,7 +254,7 @@ mod tests {
     fn rewrite_keeps_hand_written_text_and_replaces_the_block() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("B.md");
-        write_file(&path, "m1\n", &[figure(3, "first")], "quick", "d").unwrap();
+        write_file(&path, Some("m1\n"), &[figure(3, "first")], "quick", "d").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let edited = text.replace(
             "<!-- /bench:3 -->\n",
@@ -260,7 +263,7 @@ mod tests {
         std::fs::write(&path, edited).unwrap();
         write_file(
             &path,
-            "m2\n",
+            Some("m2\n"),
             &[figure(3, "second"), figure(4, "new")],
             "full",
             "d",

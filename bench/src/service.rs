@@ -70,6 +70,11 @@ impl Serve {
     /// Starts `serve` on `instance`; `aside` is a directory outside it for the notify
     /// socket and the log.
     pub fn start(instance: &Path, aside: &Path) -> Result<Serve, Unmeasured> {
+        Serve::start_with(instance, aside, &[])
+    }
+
+    /// [`Serve::start`] with more arguments of `serve` (`--metrics ADDR`).
+    pub fn start_with(instance: &Path, aside: &Path, args: &[&str]) -> Result<Serve, Unmeasured> {
         let bin = sys::orchestrator_bin()?;
         let socket = aside.join("notify.sock");
         let _ = std::fs::remove_file(&socket);
@@ -84,6 +89,7 @@ impl Serve {
             .arg("--dir")
             .arg(instance)
             .arg("serve")
+            .args(args)
             .env("NOTIFY_SOCKET", &socket)
             .env_remove("RUST_LOG")
             .env_remove("WATCHDOG_USEC")
@@ -168,14 +174,18 @@ impl Drop for Serve {
 
 /// Starts serve and waits for readiness, settling a second when it does not notify.
 fn start_ready(instance: &Path, aside: &Path) -> Result<Serve, Unmeasured> {
-    let mut serve = Serve::start(instance, aside)?;
+    start_ready_with(instance, aside, &[])
+}
+
+pub fn start_ready_with(instance: &Path, aside: &Path, args: &[&str]) -> Result<Serve, Unmeasured> {
+    let mut serve = Serve::start_with(instance, aside, args)?;
     if !serve.wait_ready(Duration::from_secs(10))? {
         std::thread::sleep(Duration::from_secs(1));
     }
     Ok(serve)
 }
 
-fn trivial_instance(
+pub fn trivial_instance(
     dir: &Path,
     schedules: Vec<serde_json::Value>,
     slots: usize,
@@ -196,6 +206,17 @@ fn trivial_instance(
 pub const FIRE_SLOTS: usize = 64;
 
 pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
+    fire_ours_with(n, secs, &[], |_| ()).map(|(stats, ())| stats)
+}
+
+/// [`fire_ours`] with more arguments of `serve`, and `during` run over the window (its
+/// whole seconds, unix time) while the service fires.
+pub fn fire_ours_with<R>(
+    n: usize,
+    secs: u64,
+    args: &[&str],
+    during: impl FnOnce(std::ops::Range<i64>) -> R,
+) -> Result<(FireStats, R), Unmeasured> {
     let root = sys::tempdir()?;
     let dir = root.path().join("instance");
     let ids: Vec<String> = (0..n).map(|i| format!("f-{i:04}")).collect();
@@ -207,8 +228,9 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
     // machine's fork rate, not the timer; fires beyond the slots wait (and `skip` records
     // the instants whose previous cycle still waits), with started_at the dispatch time.
     trivial_instance(&dir, schedules, n.min(FIRE_SLOTS))?;
-    let serve = start_ready(&dir, root.path())?;
+    let serve = start_ready_with(&dir, root.path(), args)?;
     let window = lateness::window_from_now(secs);
+    let during = during(window.clone());
     lateness::sleep_until_second(window.end, Duration::from_millis(1000));
     serve.stop(Duration::from_secs(35))?;
 
@@ -240,7 +262,7 @@ pub fn fire_ours(n: usize, secs: u64) -> Result<FireStats, Unmeasured> {
             })
         })
         .collect();
-    Ok(lateness::analyse(&fires, n, window))
+    Ok((lateness::analyse(&fires, n, window), during))
 }
 
 /// Figure 2, ours: `serve` with hourly schedules that do not come due while measured.

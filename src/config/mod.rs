@@ -70,6 +70,7 @@ struct FileFields {
     memory: Option<MemorySettings>,
     max_concurrent_cycles: Option<usize>,
     shutdown_grace: Option<HumanDuration>,
+    metrics: Option<ListenAddress>,
     #[serde(default)]
     cluster: Option<crate::cluster::ClusterConfig>,
     max_cost_usd_per_day: Option<Usd>,
@@ -77,6 +78,22 @@ struct FileFields {
     /// reference: copying 10,000 entries out was a fifth of a load).
     #[allow(dead_code)]
     schedules: serde::de::IgnoredAny,
+}
+
+/// `"metrics"`: an IP address and port, parsed where the value stands so an error has its
+/// position.
+#[derive(Debug)]
+struct ListenAddress(std::net::SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(ListenAddress).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "bad address {text:?} (expected an IP address and port: \"127.0.0.1:9464\" or \"[::1]:9464\")"
+            ))
+        })
+    }
 }
 
 /// A validated instance configuration.
@@ -87,6 +104,8 @@ pub struct Config {
     pub memory: MemorySettings,
     pub max_concurrent_cycles: usize,
     pub shutdown_grace: Duration,
+    /// Where `serve` answers Prometheus scrapes (`--metrics` wins).
+    pub metrics: Option<std::net::SocketAddr>,
     /// The instance's daily budget over all its schedules.
     pub max_cost_usd_per_day: Option<f64>,
     pub schedules: Vec<Schedule>,
@@ -433,6 +452,7 @@ pub fn parse_schedules(
         memory,
         max_concurrent_cycles,
         shutdown_grace: file.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        metrics: file.metrics.map(|a| a.0),
         max_cost_usd_per_day: file.max_cost_usd_per_day.map(|u| u.0),
         schedules,
         modes: modes.clone(),
@@ -681,6 +701,26 @@ mod tests {
         );
         assert!(p[4].starts_with("schedules.json:7:41: unknown mode \"nope\" (expected one of: implementation, validation"), "{}", p[4]);
         assert!(p[5].contains("unknown value \"sometimes\" for \"overlap\" (expected one of: skip, queue, parallel)"), "{}", p[5]);
+    }
+
+    #[test]
+    fn metrics_is_an_address_with_its_position() {
+        let text = GOOD.replace(r#""timezone": "UTC","#, r#""metrics": "localhost:9464","#);
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "schedules.json:3:14: \"metrics\": bad address \"localhost:9464\" (expected an IP address and port"
+            ),
+            "{}",
+            p[0]
+        );
+        let text = GOOD.replace(r#""timezone": "UTC","#, r#""metrics": "[::1]:9464","#);
+        let mut problems = Vec::new();
+        let dir = std::env::current_dir().unwrap();
+        let config = parse_schedules(&dir, &text, &modes(), &mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.metrics, Some("[::1]:9464".parse().unwrap()));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
 use crate::limits::{Hold, InstanceBudget};
 use crate::lock::{LockError, LockFile};
+use crate::metrics::FireStage;
 use crate::recorder::Recorder;
 use crate::runner::{self, PromptDelivery, RunSpec};
 use crate::schedule::{Overlap, Schedule};
@@ -99,6 +100,7 @@ pub struct Stops {
 
 /// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the pause and
 /// budgets on file, the cycle.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_fire(
     mut spec: CycleSpec,
     recorder: Recorder,
@@ -107,6 +109,7 @@ pub async fn run_fire(
     stops: Stops,
     budget: InstanceBudget,
     mut done: DoneGuard,
+    mut stage: FireStage,
 ) {
     let Stops {
         stopping,
@@ -195,6 +198,7 @@ pub async fn run_fire(
         return;
     }
     spec.allowance = gate.allowance;
+    stage.started();
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
         Ok(outcome) => done.ran(&outcome),

@@ -8,6 +8,10 @@
 //! - [`fire`]: one started fire, on the worker runtime (jitter, slot, lock, cycle) and the
 //!   `on_escalate` hook.
 //! - [`timer`], [`watch`], [`notify`]: the deadline timer, the directory watcher, sd_notify.
+//! - With a metrics address ([`Options::metrics`] or `"metrics"` in schedules.json), the
+//!   [`crate::metrics`] HTTP server on a thread of its own: its address is bound before
+//!   anything starts (a refused address is exit 2, before READY), its counters are a row
+//!   sink of the recorder, its gauges and health are fed by the loop.
 //!
 //! Rules kept here: one service per directory (the service lock is held for the whole run);
 //! nothing starts before the configuration validates; leftover process groups of a
@@ -20,6 +24,8 @@ mod run;
 pub mod timer;
 pub mod watch;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -43,13 +49,26 @@ fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// `serve`: runs until SIGTERM or SIGINT; `Ok(0)` after a clean stop.
-pub fn serve(inst: &Instance) -> Result<Code, Error> {
-    serve_with(inst, Vec::new())
+/// How `serve` runs, beyond the instance's files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve metrics, health and the dashboard here (wins over `"metrics"` in the file).
+    pub metrics: Option<SocketAddr>,
+    /// Allow a metrics address other hosts can reach.
+    pub metrics_allow_remote: bool,
 }
 
-/// `serve` with extra row sinks (metrics, a cluster table) fed by the recorder.
-pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code, Error> {
+/// `serve`: runs until SIGTERM or SIGINT; `Ok(0)` after a clean stop.
+pub fn serve(inst: &Instance, options: &Options) -> Result<Code, Error> {
+    serve_with(inst, options, Vec::new())
+}
+
+/// `serve` with extra row sinks (a cluster table) fed by the recorder.
+pub fn serve_with(
+    inst: &Instance,
+    options: &Options,
+    mut sinks: Vec<Box<dyn RowSink>>,
+) -> Result<Code, Error> {
     crate::heap::tune();
     let inst = std::path::absolute(inst.root())
         .map(Instance::new)
@@ -68,6 +87,18 @@ pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code,
     };
     // Nothing starts before the configuration validates; main prints every problem.
     let config = Config::load(inst.root())?;
+    let listener = options
+        .metrics
+        .or(config.metrics)
+        .map(|addr| crate::metrics::http::bind(addr, options.metrics_allow_remote))
+        .transpose()
+        .map_err(|err| Error::Invalid(format!("serve: {err}")))?;
+    let metrics = listener
+        .as_ref()
+        .map(|_| crate::metrics::Metrics::new(&inst));
+    if let Some(metrics) = &metrics {
+        sinks.push(metrics.row_sink());
+    }
     let recorder = Recorder::for_instance(&inst, sinks);
     let _registration = crate::leftover::register(&inst);
     for reaped in crate::leftover::reap(&inst, &recorder) {
@@ -85,9 +116,16 @@ pub fn serve_with(inst: &Instance, sinks: Vec<Box<dyn RowSink>>) -> Result<Code,
             "serve: cannot start the scheduler's runtime: {err}"
         ))
     })?;
+    if let (Some(listener), Some(metrics)) = (listener, &metrics) {
+        tracing::info!(address = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "metrics: serving /metrics, /healthz, /readyz and /");
+        let router = crate::metrics::http::router(Arc::clone(metrics));
+        crate::metrics::http::spawn(listener, router).map_err(|err| {
+            Error::Failed(format!("serve: cannot start the metrics server: {err}"))
+        })?;
+    }
     let handle = workers.handle().clone();
     let result = loop_rt.block_on(async move {
-        let service = run::Service::new(inst, config, recorder, handle)
+        let service = run::Service::new(inst, config, recorder, handle, metrics)
             .map_err(|err| Error::Failed(format!("serve: {err}")))?;
         service.run().await
     });

@@ -6,6 +6,10 @@
 //! rows go to the recorder, markers to `.loop-orchestrator/`. `started_at` of a cycle is the
 //! moment it was dispatched, so lateness is `started_at - scheduled_at`.
 //!
+//! With metrics, the loop publishes its core's state to the gauges after each turn (one
+//! schedule when a cycle of it ended, all of them otherwise), stamps the turn for
+//! `/healthz`, and is ready for `/readyz` from READY until the stop begins.
+//!
 //! Shutdown (SPEC §7): no new fires; running cycles get `shutdown_grace`, then their modes
 //! are terminated (TERM, then KILL after `kill_grace`) and recorded `interrupted`. A second
 //! SIGINT kills every running mode at once.
@@ -19,7 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::core::{Action, Core, Done};
+use super::core::{Action, Core, Done, Entry};
 use super::fire::{self, DoneGuard, Stops};
 use super::notify::{self, Notifier};
 use super::timer::{Wake, WallTimer};
@@ -31,6 +35,8 @@ use crate::exit::{Code, Error};
 use crate::instance::Instance;
 use crate::limits::InstanceBudget;
 use crate::memory::{MemoryLimits, Section};
+use crate::metrics::gauges::{Publisher, ScheduleState};
+use crate::metrics::{FireStage, Metrics};
 use crate::recorder::Recorder;
 use crate::schedule::Schedule;
 use crate::state::{self, Escalation, ReloadResult, ServiceState};
@@ -70,6 +76,8 @@ pub struct Service {
     started_at: DateTime<Utc>,
     last_reload: Option<ReloadResult>,
     last_trim: std::time::Instant,
+    /// With metrics: writes the core's state into the gauges.
+    publisher: Option<Publisher>,
 }
 
 enum Step {
@@ -86,6 +94,7 @@ impl Service {
         config: Config,
         recorder: Recorder,
         workers: tokio::runtime::Handle,
+        metrics: Option<Arc<Metrics>>,
     ) -> std::io::Result<Service> {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let now = Utc::now();
@@ -98,6 +107,10 @@ impl Service {
             Some(&rows),
             now,
         );
+        if let Some(metrics) = &metrics {
+            metrics.seed(&rows, config.schedules.iter().map(|s| s.id.as_str()));
+            metrics.set_budgets(&config.schedules);
+        }
         let mut service = Service {
             recorder,
             slots: Arc::new(Semaphore::new(config.max_concurrent_cycles)),
@@ -115,8 +128,10 @@ impl Service {
             started_at: now,
             last_reload: None,
             last_trim: std::time::Instant::now(),
+            publisher: metrics.map(Publisher::new),
         };
         service.perform(actions);
+        service.publish(None);
         Ok(service)
     }
 
@@ -144,13 +159,21 @@ impl Service {
         tracing::info!(dir = %self.inst.root().display(), schedules = self.core.entries().count(), "serving");
         let actions = self.core.catch_up(&rows_of(&self.inst), Utc::now());
         self.perform(actions);
+        self.publish(None);
         self.notify(self.notifier.ready(&self.status_line()));
+        if let Some(metrics) = self.metrics() {
+            metrics.health().set_ready(true);
+        }
 
         let signal_name = loop {
             let due = self.core.next_due();
             if let Err(err) = self.timer.arm(due) {
                 tracing::error!(error = %err, "cannot arm the timer");
             }
+            if let Some(metrics) = self.metrics() {
+                metrics.health().armed(due);
+            }
+            stall_for_tests();
             let step = tokio::select! {
                 _ = term.recv() => Step::Stop("SIGTERM"),
                 _ = int.recv() => Step::Stop("SIGINT"),
@@ -168,6 +191,7 @@ impl Service {
                 Step::Ended(ended) => {
                     let actions = self.core.on_done(&ended.id, ended.done, Utc::now());
                     self.perform(actions);
+                    self.publish(Some(&ended.id));
                 }
                 Step::Due(wake) => {
                     match wake {
@@ -179,11 +203,15 @@ impl Service {
                     }
                     let actions = self.core.dispatch_due(Utc::now());
                     self.perform(actions);
+                    self.publish(None);
                     if self.notifier.enabled() {
                         self.notify(self.notifier.status(&self.status_line()));
                     }
                 }
                 Step::Watchdog => self.notify(self.notifier.watchdog()),
+            }
+            if let Some(metrics) = self.metrics() {
+                metrics.health().turned(Utc::now());
             }
             // Also when the last running cycle has ended: an idle service gives back what
             // its busiest moment needed.
@@ -254,6 +282,7 @@ impl Service {
             .or_default()
             .clone();
         let guard = DoneGuard::new(self.done_tx.clone(), schedule.id.clone());
+        let stage = FireStage::dispatched(self.metrics());
         let spec = CycleSpec {
             inst: self.inst.clone(),
             schedule,
@@ -279,6 +308,7 @@ impl Service {
             },
             InstanceBudget::of(&self.config),
             guard,
+            stage,
         ));
     }
 
@@ -344,6 +374,16 @@ impl Service {
                     now,
                 );
                 self.perform(actions);
+                self.publish(None);
+                if let Some(metrics) = self.metrics() {
+                    metrics.reloaded(true);
+                    metrics.set_budgets(&config.schedules);
+                }
+                if config.metrics != self.config.metrics {
+                    tracing::warn!(
+                        "\"metrics\" changed in schedules.json; the metrics address changes at the next start"
+                    );
+                }
                 if config.max_concurrent_cycles != self.config.max_concurrent_cycles {
                     // Running cycles keep their permits of the old pool; new fires use the new one.
                     self.slots = Arc::new(Semaphore::new(config.max_concurrent_cycles));
@@ -366,6 +406,9 @@ impl Service {
                 });
             }
             Err(Problems(problems)) => {
+                if let Some(metrics) = self.metrics() {
+                    metrics.reloaded(false);
+                }
                 for p in &problems {
                     tracing::error!(trigger, "{p}");
                 }
@@ -393,6 +436,11 @@ impl Service {
     ) -> Result<Code, Error> {
         self.stopping.cancel();
         self.notify(self.notifier.stopping());
+        if let Some(metrics) = self.metrics() {
+            // No more fires: nothing is armed, so the grace is not mistaken for a stall.
+            metrics.health().armed(None);
+            metrics.health().set_ready(false);
+        }
         let grace = self.config.shutdown_grace;
         tracing::info!(signal = signal_name, running = self.core.running(), grace = %short(grace), "stopping: no new fires");
         let actions = self.core.stop(Utc::now());
@@ -450,6 +498,26 @@ impl Service {
         Ok(Code::OK)
     }
 
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.publisher.as_ref().map(Publisher::metrics)
+    }
+
+    /// Writes the core's state into the gauges: of the schedule `only` (a cycle of it
+    /// ended), or of every schedule.
+    fn publish(&mut self, only: Option<&str>) {
+        let Some(publisher) = &mut self.publisher else {
+            return;
+        };
+        match only {
+            Some(id) => {
+                if let Some(entry) = self.core.entry(id) {
+                    publisher.one(gauge_state(entry));
+                }
+            }
+            None => publisher.all(self.core.entries().map(gauge_state)),
+        }
+    }
+
     fn status_line(&self) -> String {
         let mut line = self.core.status_line();
         if matches!(&self.last_reload, Some(r) if !r.ok) {
@@ -477,6 +545,31 @@ impl Service {
                 tracing::debug!("sd_notify message dropped: the receiver is not reading")
             }
             Err(err) => tracing::warn!(error = %err, "sd_notify failed"),
+        }
+    }
+}
+
+fn gauge_state(entry: &Entry) -> ScheduleState<'_> {
+    ScheduleState {
+        schedule: &entry.schedule,
+        next: entry.next,
+        streak: entry.streak,
+        escalated: entry.escalated,
+        queued: entry.queued.is_some(),
+    }
+}
+
+/// A test hook: while the file named by `LOOP_ORCHESTRATOR_TEST_STALL_FILE` exists, the
+/// loop's thread sleeps at the top of each turn, as a loop stuck in a blocking call would.
+/// Only this thread stops: the cycles and the metrics server go on, so `/healthz` can be
+/// seen to turn 503 and back. Read once; unset, it costs nothing.
+fn stall_for_tests() {
+    static FILE: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let file =
+        FILE.get_or_init(|| std::env::var_os("LOOP_ORCHESTRATOR_TEST_STALL_FILE").map(Into::into));
+    if let Some(file) = file {
+        while file.exists() {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -173,3 +173,23 @@ impl Drop for NotifyListener {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Whether a test may skip for a missing tool (`why`), said on stderr: not under
+/// `LOOP_TEST_REQUIRE_ALL` (CI installs every tool), where a missing one fails the test.
+pub fn skip(why: &str) -> bool {
+    if std::env::var_os("LOOP_TEST_REQUIRE_ALL").is_some() {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    true
+}
+
+/// Whether `program --version` runs.
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
