@@ -32,7 +32,7 @@ use crate::mode::{IfMissing, Mode, OnFailure, PromptKind};
 use crate::prompt::{self, Handoff, PromptParts};
 use crate::protocol::ProtocolReader;
 use crate::recorder::Recorder;
-use crate::runner::{self, LineSink, PromptDelivery, RunOutcome, RunSpec, RunStatus};
+use crate::runner::{self, LineSink, RunOutcome, RunSpec, RunStatus};
 use crate::schedule::Schedule;
 use crate::timing::{Priority, Row, Status, sanitize_note};
 use crate::todo::{Todo, TodoItem};
@@ -577,11 +577,7 @@ impl Running<'_> {
             argv,
             cwd: spec.schedule.cwd.clone(),
             env,
-            prompt: match invocation.prompt {
-                PromptKind::Stdin => PromptDelivery::Stdin,
-                PromptKind::File => PromptDelivery::File,
-                PromptKind::None => PromptDelivery::None,
-            },
+            prompt: invocation.prompt,
             prompt_text,
             prompt_file,
             timeout,

@@ -31,6 +31,7 @@ pub mod program;
 pub mod prompt;
 pub mod protocol;
 pub mod recorder;
+pub mod render;
 pub mod report;
 pub mod roomodes;
 pub mod runner;

@@ -32,14 +32,9 @@ use crate::duration::HumanDuration;
 
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
-/// How the composed prompt reaches the child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptKind {
-    Stdin,
-    File,
-    None,
-}
+/// How the composed prompt reaches the child (`prompt = "stdin" | "file" | "none"`): the
+/// runner's own delivery, named as the front matter names it.
+pub use crate::runner::PromptDelivery as PromptKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -210,12 +210,18 @@ pub struct Row {
     pub note: String,
 }
 
+/// The one rule of `max_failures` (SPEC §4, §8): a `failed`, `timeout` or `blocked` row
+/// counts toward a failure streak, unless it was a rate limit (its note starts with
+/// [`RATE_LIMITED`]), which says nothing about the work. For readers that keep a row's
+/// cells apart (the report); others call [`Row::counts_as_failure`].
+pub fn counts_as_failure(status: Status, note: &str) -> bool {
+    status.counts_as_failure() && !note.starts_with(RATE_LIMITED)
+}
+
 impl Row {
-    /// The one rule of `max_failures` (SPEC §4, §8): a `failed`, `timeout` or `blocked` row
-    /// counts toward a failure streak, unless it was a rate limit (its note starts with
-    /// [`RATE_LIMITED`]), which says nothing about the work.
+    /// See [`counts_as_failure`].
     pub fn counts_as_failure(&self) -> bool {
-        self.status.counts_as_failure() && !self.note.starts_with(RATE_LIMITED)
+        counts_as_failure(self.status, &self.note)
     }
 }
 

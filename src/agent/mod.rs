@@ -37,7 +37,7 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 
-use crate::mode::PromptKind;
+use crate::runner::PromptDelivery as PromptKind;
 
 pub use crate::runner::{LineSink, Stream};
 pub use price::{Price, Usd};

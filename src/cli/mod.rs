@@ -9,7 +9,6 @@
 
 mod live;
 mod mcp;
-pub(crate) mod render;
 
 use std::path::PathBuf;
 
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app;
 use crate::exit::{Code, Error};
 use crate::instance::Instance;
+use crate::render;
 
 /// A cron supervisor for autonomous work loops.
 ///

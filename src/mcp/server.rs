@@ -31,9 +31,9 @@ use super::args::{
 };
 use super::text;
 use crate::app;
-use crate::cli::render;
 use crate::exit::Error;
 use crate::instance::Instance;
+use crate::render;
 
 /// The longest `memory_add` text: an entry is one fact, and every mode's prompt carries
 /// the memory file, so a pasted document would crowd out the rest.

@@ -1,4 +1,4 @@
-//! What the tools return beside the CLI's own renderings ([`crate::cli::render`]): the text
+//! What the tools return beside the CLI's own renderings ([`crate::render`]): the text
 //! and wire shapes of results the CLI does not print, and the parsing of the arguments that
 //! need more than serde (a status word, a `since`).
 

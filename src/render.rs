@@ -1,4 +1,5 @@
-//! The text the CLI prints for what [`crate::app`] returns. Plain text, one fact per line,
+//! The text of what [`crate::app`] returns, as the CLI prints it and the MCP tools return it
+//! beside their structured results. Plain text, one fact per line,
 //! stable enough for a person to grep; `--json` forms are serde's.
 
 use std::fmt::Write as _;
