@@ -18,7 +18,8 @@
 //!   locks/memory.lock            the memory file and its archive
 //!   runs/<cycle>/<mode>.log      a cycle's logs and prompt files; `.finished` once done
 //!   handoff/<id>.json            the last HANDOFF of a schedule's previous cycle
-//!   escalated/<id>.json          a paused schedule
+//!   escalated/<id>.json          a schedule escalated after max_failures
+//!   paused/<id>.json             a schedule paused by a rate limit, until its reset
 //!   service.json                 the running service: pid, last reload, cluster link
 //!   instance-id                  a random id naming this instance to a cluster
 //!   pids/<pgid>.json             a running mode's process group
@@ -136,6 +137,13 @@ impl Instance {
             .join(format!("{schedule}.json"))
     }
 
+    /// A schedule's rate-limit pause (SPEC §8).
+    pub fn pause(&self, schedule: &str) -> PathBuf {
+        self.state_dir()
+            .join("paused")
+            .join(format!("{schedule}.json"))
+    }
+
     pub fn service_state(&self) -> PathBuf {
         self.state_dir().join("service.json")
     }
@@ -183,6 +191,7 @@ mod tests {
             inst.run_dir("c"),
             inst.handoff("a"),
             inst.escalation("a"),
+            inst.pause("a"),
             inst.service_state(),
             inst.pids_dir(),
             inst.supervisors_dir(),

@@ -6,8 +6,20 @@
 //! whole element `{prompt_file}` is replaced. `alternatives` are further argvs tried in
 //! order when the program of `command` is not installed; `if_missing` says whether a mode
 //! with no installed program fails or is skipped (an agent CLI is optional, a build tool
-//! is not). `agent` names a preset (SPEC §8) that supplies `command`, `prompt` and `output`
-//! where the file gives none; `fallback` argvs are for a rate-limited agent.
+//! is not). `agent` names a preset (SPEC §8), or a list of them, that supplies `command`,
+//! `prompt` and `output` where the file gives none; `fallback` argvs are for a rate-limited
+//! agent.
+//!
+//! With a list of agents, the first one installed runs; `command`, when given, replaces the
+//! preset of the agent whose program it runs (else the first agent's), and the other agents'
+//! presets follow it before the `alternatives`.
+//!
+//! How one argv (a command, an alternative or a fallback) runs is its [`Invocation`]: the
+//! named agent whose program it runs (by file name), else the first named agent, gives the
+//! prompt delivery, the output format and the preset's environment; `prompt` and `output` in
+//! the file win over every preset. A mode that names an agent is skipped, not failed, when
+//! none of its programs is installed (`if_missing` says otherwise). A mode that names neither
+//! an agent nor an output is judged by its exit status alone, as any command.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,14 +32,9 @@ use crate::duration::HumanDuration;
 
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
-/// How the composed prompt reaches the child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PromptKind {
-    Stdin,
-    File,
-    None,
-}
+/// How the composed prompt reaches the child (`prompt = "stdin" | "file" | "none"`): the
+/// runner's own delivery, named as the front matter names it.
+pub use crate::runner::PromptDelivery as PromptKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +58,8 @@ pub enum IfMissing {
 struct FrontMatter {
     name: Option<String>,
     command: Option<Vec<String>>,
-    agent: Option<Agent>,
+    #[serde(default, deserialize_with = "one_or_more_agents")]
+    agent: Vec<Agent>,
     output: Option<OutputFormat>,
     #[serde(default)]
     fallback: Vec<Vec<String>>,
@@ -88,10 +96,14 @@ pub struct Mode {
     pub retries: u32,
     pub env: BTreeMap<String, String>,
     pub if_missing: IfMissing,
-    /// The agent preset named by `agent`.
-    pub agent: Option<Agent>,
-    /// How the output is read: the file's `output`, else the preset's, else `auto`.
-    pub output: OutputFormat,
+    /// The agent presets named by `agent`, in order.
+    pub agents: Vec<Agent>,
+    /// How the first command's output is read: the file's `output`, else its preset's;
+    /// `None`: judged by its exit status alone.
+    pub output: Option<OutputFormat>,
+    /// `prompt` and `output` as the file gives them (they win over every preset).
+    prompt_given: Option<PromptKind>,
+    output_given: Option<OutputFormat>,
     /// Argvs tried in order, within the same run, when the agent is rate limited.
     pub fallback: Vec<Vec<String>>,
     pub price: Option<Price>,
@@ -169,18 +181,41 @@ impl Mode {
                 .or_else(|| toml_text.find(&format!("{key}=")))
                 .map_or((2, 1), |at| line_col(text, body_start + at))
         };
-        let preset = front.agent.map(Agent::preset);
-        let Some(command) = front
-            .command
-            .or_else(|| preset.map(|p| p.argv.iter().map(|a| a.to_string()).collect()))
-        else {
+        let preset_argv = |agent: &Agent| -> Vec<String> {
+            agent.preset().argv.iter().map(|a| a.to_string()).collect()
+        };
+        // `command` stands for the named agent whose program it runs (else the first); the
+        // other named agents' presets follow it, in order.
+        let mut commands: Vec<Vec<String>> = match front.command {
+            Some(command) => {
+                let replaced = program_name(&command)
+                    .and_then(Agent::from_name)
+                    .filter(|a| front.agent.contains(a))
+                    .or_else(|| front.agent.first().copied());
+                std::iter::once(command)
+                    .chain(
+                        front
+                            .agent
+                            .iter()
+                            .filter(|a| Some(**a) != replaced)
+                            .map(preset_argv),
+                    )
+                    .collect()
+            }
+            None => front.agent.iter().map(preset_argv).collect(),
+        };
+        if commands.is_empty() {
+            let (line, column) = if toml_text.contains("agent") {
+                key_at("agent")
+            } else {
+                (2, 1)
+            };
             return Err(problem(
-                2,
-                1,
+                line,
+                column,
                 "no `command`: give an argv such as [\"cargo\", \"test\"], or an `agent` (claude, codex, gemini, aider)".into(),
             ));
-        };
-        let mut commands = vec![command];
+        }
         commands.extend(front.alternatives);
         let empty_fallback = front
             .fallback
@@ -211,6 +246,7 @@ impl Mode {
                 "`timeout` must be more than zero".into(),
             ));
         }
+        let preset = front.agent.first().map(|a| a.preset());
         Ok(Mode {
             slug: slug.to_string(),
             name: front.name.unwrap_or_else(|| slug.to_string()),
@@ -224,17 +260,16 @@ impl Mode {
             on_failure: front.on_failure.unwrap_or(OnFailure::Stop),
             always: front.always,
             retries: front.retries,
-            env: preset
-                .into_iter()
-                .flat_map(|p| p.env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-                .chain(front.env)
-                .collect(),
-            if_missing: front.if_missing.unwrap_or(IfMissing::Fail),
-            agent: front.agent,
-            output: front
-                .output
-                .or(preset.map(|p| p.output))
-                .unwrap_or_default(),
+            env: front.env,
+            if_missing: front.if_missing.unwrap_or(if front.agent.is_empty() {
+                IfMissing::Fail
+            } else {
+                IfMissing::Skip
+            }),
+            output: front.output.or(preset.map(|p| p.output)),
+            agents: front.agent,
+            prompt_given: front.prompt,
+            output_given: front.output,
             fallback: front.fallback,
             price: front.price,
             expect_output: front.expect_output,
@@ -242,6 +277,100 @@ impl Mode {
             path: path.to_path_buf(),
         })
     }
+}
+
+/// How one argv of a mode runs: its preset, prompt delivery, output format and the preset's
+/// environment (set before the schedule's and the mode's own `env`, which win).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub agent: Option<Agent>,
+    pub prompt: PromptKind,
+    /// `None`: the run is judged by its exit status alone.
+    pub output: Option<OutputFormat>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Mode {
+    /// How `argv` (one of this mode's commands, alternatives or fallbacks, as written) runs:
+    /// the named agent whose program it runs, else the first named agent, is its preset.
+    pub fn invocation(&self, argv: &[String]) -> Invocation {
+        let program = program_name(argv).unwrap_or_default();
+        let agent = self
+            .agents
+            .iter()
+            .copied()
+            .find(|a| a.name() == program)
+            .or_else(|| self.agents.first().copied());
+        let preset = agent.map(Agent::preset);
+        Invocation {
+            agent,
+            prompt: self
+                .prompt_given
+                .or(preset.map(|p| p.prompt))
+                .unwrap_or(PromptKind::Stdin),
+            output: self.output_given.or(preset.map(|p| p.output)),
+            env: preset
+                .map(|p| {
+                    p.env
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the mode's runs are judged by what an agent says (it names an agent or an
+    /// output format), and so may cost money and be rate limited.
+    pub fn is_agent(&self) -> bool {
+        !self.agents.is_empty() || self.output_given.is_some()
+    }
+}
+
+/// The file name of an argv's program: `/usr/local/bin/codex` runs `codex`.
+fn program_name(argv: &[String]) -> Option<&str> {
+    argv.first()
+        .and_then(|p| Path::new(p).file_name())
+        .and_then(|p| p.to_str())
+}
+
+/// `agent = "claude"` or `agent = ["claude", "codex"]`. Each name is read as [`Agent`] is, so
+/// an unknown one gets the same message (and position) either way.
+fn one_or_more_agents<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Agent>, D::Error> {
+    struct Agents;
+    impl<'de> serde::de::Visitor<'de> for Agents {
+        type Value = Vec<Agent>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an agent name (claude, codex, gemini, aider) or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Vec<Agent>, E> {
+            use serde::de::IntoDeserializer;
+            Agent::deserialize(name.into_deserializer()).map(|a| vec![a])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<Agent>, A::Error> {
+            let mut agents = Vec::new();
+            while let Some(agent) = seq.next_element::<Agent>()? {
+                if !agents.contains(&agent) {
+                    agents.push(agent);
+                }
+            }
+            if agents.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "`agent = []` names no agent (expected one or more of: claude, codex, gemini, aider)",
+                ));
+            }
+            Ok(agents)
+        }
+    }
+    deserializer.deserialize_any(Agents)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -326,9 +455,13 @@ mod tests {
         use crate::agent::OutputFormat;
         let mode = parse("+++\nagent = \"gemini\"\nexpect_output = true\n+++\n").unwrap();
         assert_eq!(mode.commands[0][0], "gemini");
-        assert_eq!(mode.output, OutputFormat::GeminiJson);
-        assert_eq!(mode.env["GEMINI_CLI_TRUST_WORKSPACE"], "true");
+        assert_eq!(mode.output, Some(OutputFormat::GeminiJson));
+        assert_eq!(
+            mode.invocation(&mode.commands[0]).env,
+            [("GEMINI_CLI_TRUST_WORKSPACE".to_string(), "true".to_string())]
+        );
         assert!(mode.expect_output);
+        assert_eq!(mode.if_missing, IfMissing::Skip, "an agent is optional");
         let mode = parse(
             "+++\nagent = \"aider\"\ncommand = [\"aider\", \"--model\", \"x\"]\nfallback = [[\"aider\", \"--model\", \"y\"]]\nprice = { input_per_mtok = 3, output_per_mtok = 15 }\n+++\n",
         )
@@ -339,11 +472,60 @@ mod tests {
             "command wins"
         );
         assert_eq!(mode.prompt, PromptKind::File);
-        assert_eq!(mode.output, OutputFormat::Text);
+        assert_eq!(mode.output, Some(OutputFormat::Text));
         assert_eq!(mode.fallback, vec![vec!["aider", "--model", "y"]]);
         assert_eq!(mode.price.unwrap().output_per_mtok.0, 15.0);
         let mode = parse("+++\ncommand = [\"true\"]\n+++\n").unwrap();
-        assert_eq!((mode.agent, mode.output), (None, OutputFormat::Auto));
+        assert_eq!((mode.agents.len(), mode.output), (0, None));
+        assert!(!mode.is_agent());
+        assert_eq!(mode.if_missing, IfMissing::Fail);
+    }
+
+    #[test]
+    fn a_list_of_agents_runs_the_first_installed_each_with_its_preset() {
+        use crate::agent::OutputFormat;
+        let mode =
+            parse("+++\nagent = [\"claude\", \"codex\", \"aider\"]\nexpect_output = true\n+++\n")
+                .unwrap();
+        let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(programs, ["claude", "codex", "aider"]);
+        let of = |i: usize| mode.invocation(&mode.commands[i]);
+        assert_eq!(of(0).output, Some(OutputFormat::ClaudeJson));
+        assert_eq!(of(1).output, Some(OutputFormat::CodexJsonl));
+        assert_eq!(
+            (of(2).output, of(2).prompt),
+            (Some(OutputFormat::Text), PromptKind::File)
+        );
+        // `command` replaces the preset of the agent it runs; the others follow.
+        let mode = parse(
+            "+++\nagent = [\"claude\", \"codex\"]\ncommand = [\"claude\", \"-p\", \"--output-format\", \"json\", \"--permission-mode\", \"acceptEdits\"]\n+++\n",
+        )
+        .unwrap();
+        let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(programs, ["claude", "codex"]);
+        assert_eq!(mode.commands[0].len(), 6);
+        let mode = parse(
+            "+++\nagent = [\"claude\", \"codex\"]\ncommand = [\"/opt/codex\", \"exec\", \"--json\", \"-\"]\n+++\n",
+        )
+        .unwrap();
+        let programs: Vec<&str> = mode.commands.iter().map(|c| c[0].as_str()).collect();
+        assert_eq!(programs, ["/opt/codex", "claude"]);
+        // A wrapper whose name is no agent's runs as the first agent; a fallback by its name.
+        let wrapper = vec!["/opt/bin/run-claude.sh".to_string()];
+        assert_eq!(mode.invocation(&wrapper).agent, Some(Agent::Claude));
+        let codex = vec!["/usr/local/bin/codex".to_string(), "exec".to_string()];
+        assert_eq!(mode.invocation(&codex).agent, Some(Agent::Codex));
+        // `output` in the file wins over every preset.
+        let mode = parse("+++\nagent = [\"codex\", \"gemini\"]\noutput = \"auto\"\n+++\n").unwrap();
+        assert_eq!(
+            mode.invocation(&mode.commands[1]).output,
+            Some(OutputFormat::Auto)
+        );
+        assert_eq!(
+            mode.invocation(&mode.commands[1]).env.len(),
+            1,
+            "gemini's preset environment"
+        );
     }
 
     #[test]
@@ -375,6 +557,13 @@ mod tests {
                 "`fallback` needs a program",
             ),
             ("+++\nname = \"x\"\n+++\n", 2, "no `command`"),
+            (
+                "+++\nname = \"x\"\nagent = [\"codex\", \"claud\"]\n+++\n",
+                3,
+                "unknown variant `claud`",
+            ),
+            ("+++\nagent = []\n+++\n", 2, "names no agent"),
+            ("+++\nagent = 3\n+++\n", 2, "an agent name"),
         ] {
             let err = parse(text).unwrap_err();
             assert_eq!(err.line, line, "{text}: {err:?}");

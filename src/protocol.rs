@@ -1,5 +1,5 @@
-//! What a mode says on its output, read line by line as the run's line sinks
-//! ([`LineSink`]): the output protocol (SPEC §3) and an agent CLI's JSON result (SPEC §8).
+//! What a mode says on its output: the output protocol (SPEC §3), read line by line as one
+//! of the run's line sinks ([`LineSink`]).
 //!
 //! [`ProtocolReader`] reads `MEMORY <Section>: text`, `HANDOFF: text` and `BLOCKED: reason`.
 //! Rules:
@@ -9,13 +9,11 @@
 //! - At most [`MAX_MEMORY_ENTRIES`] `MEMORY` and [`MAX_HANDOFF_LINES`] `HANDOFF` lines are
 //!   kept a run; further ones are counted and named in the run's summary.
 //! - The first `BLOCKED` line wins, and makes the run `blocked`.
-//! - An agent CLI asked for JSON prints its answer inside one result line (see
-//!   [`AgentResultReader`]): the answer's lines are read as if printed one by one, at the
-//!   place of the result line. Such a line is read whole up to the log cap.
-//!
-//! [`AgentResultReader`] takes the run's cost from the same result line.
+//! - An agent asked for JSON prints its answer inside its JSON ([`crate::agent`] reads it):
+//!   the caller hands that answer over with [`ProtocolReader::read_text`], and its lines count
+//!   as if printed one by one.
 
-use crate::runner::{LOG_CAP, LineSink, Stream};
+use crate::runner::{LineSink, Stream};
 
 /// Longer stdout lines are never protocol lines.
 pub const MAX_PROTOCOL_LINE: usize = 64 * 1024;
@@ -23,9 +21,6 @@ pub const MAX_PROTOCOL_LINE: usize = 64 * 1024;
 pub const MAX_MEMORY_ENTRIES: usize = 200;
 /// `HANDOFF` lines kept per run; further ones are dropped and counted.
 pub const MAX_HANDOFF_LINES: usize = 50;
-/// An agent's result line holds its whole answer: it is read whole as far as a log could
-/// hold it.
-const RESULT_LINE_LIMIT: usize = LOG_CAP as usize;
 
 /// The output protocol of one run, as read so far.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,25 +62,28 @@ impl ProtocolReader {
             None => {}
         }
     }
+
+    /// Reads the lines of an agent's answer, as if the agent had printed them on stdout.
+    pub fn read_text(&mut self, text: &str) {
+        for line in text.lines() {
+            if line.len() <= MAX_PROTOCOL_LINE {
+                self.read_line(line);
+            }
+        }
+    }
 }
 
 impl LineSink for ProtocolReader {
     fn line(&mut self, stream: Stream, line: &str, cut: bool) {
-        if stream != Stream::Stdout || cut {
+        if stream != Stream::Stdout || cut || line.len() > MAX_PROTOCOL_LINE {
             return;
         }
-        if let Some(result) = agent_result(line) {
-            for line in result.text.lines() {
-                self.read_line(line);
-            }
-        } else if line.len() <= MAX_PROTOCOL_LINE {
-            self.read_line(line);
-        }
+        self.read_line(line);
     }
 
     fn line_limit(&self, stream: Stream) -> usize {
         match stream {
-            Stream::Stdout => RESULT_LINE_LIMIT,
+            Stream::Stdout => MAX_PROTOCOL_LINE,
             Stream::Stderr => 0,
         }
     }
@@ -110,63 +108,6 @@ impl LineSink for ProtocolReader {
         }
         notes
     }
-}
-
-/// The cost an agent CLI reported in its JSON result line(s); the last one that gives a
-/// cost wins.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentResultReader {
-    pub cost_usd: Option<f64>,
-}
-
-impl LineSink for AgentResultReader {
-    fn line(&mut self, stream: Stream, line: &str, cut: bool) {
-        if stream != Stream::Stdout || cut {
-            return;
-        }
-        if let Some(cost) = agent_result(line).and_then(|r| r.cost_usd) {
-            self.cost_usd = Some(cost);
-        }
-    }
-
-    fn line_limit(&self, stream: Stream) -> usize {
-        match stream {
-            Stream::Stdout => RESULT_LINE_LIMIT,
-            Stream::Stderr => 0,
-        }
-    }
-}
-
-/// The final line of a headless agent CLI asked for JSON output: `claude -p
-/// --output-format json` prints one object, `--output-format stream-json` ends with one:
-/// `{"type":"result", "result": "<the answer>", "total_cost_usd": 0.0123, ...}` (older
-/// versions: `cost_usd`).
-#[derive(Debug, PartialEq)]
-struct AgentResult {
-    text: String,
-    cost_usd: Option<f64>,
-}
-
-/// Reads a stdout line as an agent CLI's JSON result, if it is one.
-fn agent_result(line: &str) -> Option<AgentResult> {
-    let line = line.trim();
-    if !line.starts_with('{') || !line.contains("\"result\"") {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("type")?.as_str()? != "result" {
-        return None;
-    }
-    let cost_usd = ["total_cost_usd", "cost_usd"]
-        .iter()
-        .find_map(|key| value.get(*key)?.as_f64())
-        .filter(|cost| cost.is_finite() && *cost >= 0.0);
-    let text = value
-        .get("result")
-        .and_then(|r| r.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    Some(AgentResult { text, cost_usd })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -233,50 +174,18 @@ mod tests {
         assert_eq!(LineSink::blocked(&reader), None);
     }
 
-    /// Feeds `line` to both readers as an uncut stdout line.
-    fn read(line: &str) -> (ProtocolReader, AgentResultReader) {
-        let mut protocol = ProtocolReader::default();
-        let mut result = AgentResultReader::default();
-        protocol.line(Stream::Stdout, line, false);
-        result.line(Stream::Stdout, line, false);
-        (protocol, result)
-    }
-
     #[test]
-    fn an_agent_json_result_gives_the_cost_and_its_answer_carries_the_protocol() {
-        let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"Done.\nMEMORY Commands: cargo test -q\nHANDOFF: next: docs","total_cost_usd":0.0421,"num_turns":3}"#;
-        let (protocol, result) = read(line);
-        assert_eq!(result.cost_usd, Some(0.0421));
+    fn an_answer_is_read_line_by_line() {
+        let mut reader = ProtocolReader::default();
+        reader.read_text(
+            "Done.\nMEMORY Commands: cargo test -q\nHANDOFF: next: docs\nBLOCKED: no credentials",
+        );
         assert_eq!(
-            protocol.memory,
+            reader.memory,
             vec![("Commands".to_string(), "cargo test -q".to_string())]
         );
-        assert_eq!(protocol.handoff, vec!["next: docs".to_string()]);
-
-        let older = r#"{"type":"result","result":"BLOCKED: no credentials","cost_usd":0.5}"#;
-        let (protocol, result) = read(older);
-        assert_eq!(result.cost_usd, Some(0.5));
-        assert_eq!(protocol.blocked.as_deref(), Some("no credentials"));
-        assert_eq!(LineSink::blocked(&protocol), Some("no credentials"));
-
-        // Other JSON lines, a result that is not one, a negative or missing cost: no cost.
-        for line in [
-            r#"{"type":"assistant","message":{"content":"MEMORY Commands: x"}}"#,
-            r#"{"type":"result","result":"ok","total_cost_usd":-1}"#,
-            r#"{"type":"result","result":"ok"}"#,
-            r#"{"type": "result", "result": "#,
-        ] {
-            let (protocol, result) = read(line);
-            assert_eq!(result.cost_usd, None, "{line}");
-            assert!(protocol.memory.is_empty(), "{line}");
-        }
-        // A cut line is not read at all.
-        let mut protocol = ProtocolReader::default();
-        let mut result = AgentResultReader::default();
-        protocol.line(Stream::Stdout, line, true);
-        result.line(Stream::Stdout, line, true);
-        assert_eq!(result.cost_usd, None);
-        assert_eq!(protocol, ProtocolReader::default());
+        assert_eq!(reader.handoff, ["next: docs"]);
+        assert_eq!(LineSink::blocked(&reader), Some("no credentials"));
     }
 
     #[tokio::test]
@@ -366,35 +275,5 @@ mod tests {
         let outcome = run_with(s, &mut [], CancellationToken::new()).await;
         assert_eq!(outcome.status, RunStatus::Ok);
         assert_eq!(outcome.summary, "exit 0");
-    }
-
-    #[tokio::test]
-    async fn an_agent_result_line_far_over_64_kib_is_read_whole_in_its_place() {
-        // A 1 MiB answer on one JSON line, between two plain protocol lines.
-        let script = r#"
-            echo "HANDOFF: before"
-            printf '{"type":"result","result":"'
-            head -c 1048576 /dev/zero | tr '\0' a
-            printf '\\nMEMORY Commands: make check\\nHANDOFF: inside","total_cost_usd":1.5}\n'
-            echo "HANDOFF: after"
-        "#;
-        let dir = tempfile::tempdir().unwrap();
-        let s = spec(dir.path(), &["/bin/sh", "-c", script]);
-        let mut protocol = ProtocolReader::default();
-        let mut result = AgentResultReader::default();
-        let outcome = run_with(
-            s,
-            &mut [&mut protocol, &mut result],
-            CancellationToken::new(),
-        )
-        .await;
-
-        assert_eq!(outcome.status, RunStatus::Ok, "{outcome:?}");
-        assert_eq!(result.cost_usd, Some(1.5));
-        assert_eq!(protocol.handoff, ["before", "inside", "after"]);
-        assert_eq!(
-            protocol.memory,
-            [("Commands".to_owned(), "make check".to_owned())]
-        );
     }
 }

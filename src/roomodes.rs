@@ -369,9 +369,11 @@ pub fn list(config: &Config) -> Vec<ModeListing> {
         .map(|mode| ModeListing {
             slug: mode.slug.clone(),
             name: mode.name.clone(),
-            runs: match mode.agent {
-                Some(agent) => format!("agent {agent}"),
-                None => format!("command {}", mode.commands[0].join(" ")),
+            runs: if mode.agents.is_empty() {
+                format!("command {}", mode.commands[0].join(" "))
+            } else {
+                let names: Vec<&str> = mode.agents.iter().map(|a| a.name()).collect();
+                format!("agent {}", names.join(", "))
             },
             schedules: config
                 .schedules
@@ -450,7 +452,7 @@ mod tests {
         assert_eq!(report.written, vec!["modes/docs-writer.md"]);
         let text = std::fs::read_to_string(dir.path().join("modes/docs-writer.md")).unwrap();
         let mode = Mode::parse("docs-writer", Path::new("x"), &text).unwrap();
-        assert_eq!(mode.agent, Some(Agent::Codex));
+        assert_eq!(mode.agents, [Agent::Codex]);
         assert_eq!(mode.name, "📝 Docs Writer");
         assert!(
             text.contains("its tool groups: read, edit (files matching \\.md$)."),

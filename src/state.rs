@@ -1,6 +1,7 @@
 //! What cycles and the service leave for other processes in `.loop-orchestrator/`:
-//! `service.json` (the running service's pid, last reload and cluster link), `escalated/<id>.json` (a paused
-//! schedule) and `handoff/<id>.json` (the last HANDOFF of a schedule's previous cycle).
+//! `service.json` (the running service's pid, last reload and cluster link),
+//! `escalated/<id>.json` (a paused schedule), `paused/<id>.json` (a schedule's rate-limit
+//! pause) and `handoff/<id>.json` (the last HANDOFF of a schedule's previous cycle).
 //!
 //! Every file is written with [`crate::fsutil::write_atomic`], so a reader never sees half a
 //! file, two writers at once never tear one (two `parallel` cycles saving their handoff), and a
@@ -8,6 +9,8 @@
 //! the caller reports, never silently "nothing": a lost handoff loses the next cycle's plan.
 //! An escalation marker records the schedule's fingerprint: when the entry in schedules.json
 //! changes, the marker no longer applies (SPEC §7: paused "until the file changes").
+//! A rate-limit pause holds until its instant, whatever the entry says: the agent's limit
+//! does not change with the file; `resume` lifts it.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,6 +60,17 @@ pub struct Escalation {
     pub fingerprint: String,
 }
 
+/// A schedule paused because every argv of a mode was rate limited (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pause {
+    /// When fires may run again: the agent's reset time, or `rate_limit_pause` after `at`.
+    pub until: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+    /// The cycle whose modes were limited, and what the agent said.
+    pub cycle: String,
+    pub note: String,
+}
+
 pub fn write_service(inst: &Instance, state: &ServiceState) -> std::io::Result<()> {
     fsutil::write_json(&inst.service_state(), state)
 }
@@ -97,6 +111,33 @@ pub fn clear_escalation(inst: &Instance, schedule: &str) -> bool {
     std::fs::remove_file(inst.escalation(schedule)).is_ok()
 }
 
+/// Records a schedule's pause; a pause already recorded that ends later is kept, so two
+/// processes that were limited at once leave the longer pause.
+pub fn save_pause(inst: &Instance, schedule: &str, pause: &Pause) -> std::io::Result<()> {
+    if pause_of(inst, schedule).is_some_and(|p| p.until >= pause.until) {
+        return Ok(());
+    }
+    fsutil::write_json(&inst.pause(schedule), pause)
+}
+
+/// A schedule's pause, ended or not (the caller compares `until` with its clock). An
+/// unreadable file is logged and read as no pause: a pause is at most a rate limit's reset
+/// away, and a damaged file must not stop a schedule for good.
+pub fn pause_of(inst: &Instance, schedule: &str) -> Option<Pause> {
+    match fsutil::read_json(&inst.pause(schedule)) {
+        Ok(pause) => pause,
+        Err(err) => {
+            tracing::warn!(schedule, error = %err, "rate-limit pause unreadable; ignored");
+            None
+        }
+    }
+}
+
+/// Removes a schedule's pause; true when there was one.
+pub fn clear_pause(inst: &Instance, schedule: &str) -> bool {
+    std::fs::remove_file(inst.pause(schedule)).is_ok()
+}
+
 /// The last HANDOFF of the schedule's previous cycle: `Ok(None)` when it has none yet.
 pub fn load_handoff(inst: &Instance, schedule: &str) -> Result<Option<Handoff>, ReadError> {
     fsutil::read_json(&inst.handoff(schedule))
@@ -125,6 +166,38 @@ mod tests {
         assert!(clear_escalation(&inst, "a"));
         assert!(!clear_escalation(&inst, "a"));
         assert!(escalation(&inst, "a").is_none());
+    }
+
+    #[test]
+    fn a_pause_round_trips_keeps_the_longer_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance::new(dir.path());
+        assert!(pause_of(&inst, "a").is_none());
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let pause = |until: &str| Pause {
+            until: at(until),
+            at: at("2026-12-02T10:00:00Z"),
+            cycle: "c".into(),
+            note: "usage limit".into(),
+        };
+        save_pause(&inst, "a", &pause("2026-12-02T12:00:00Z")).unwrap();
+        save_pause(&inst, "a", &pause("2026-12-02T11:00:00Z")).unwrap();
+        assert_eq!(
+            pause_of(&inst, "a").unwrap().until,
+            at("2026-12-02T12:00:00Z")
+        );
+        save_pause(&inst, "a", &pause("2026-12-02T13:00:00Z")).unwrap();
+        assert_eq!(
+            pause_of(&inst, "a").unwrap().until,
+            at("2026-12-02T13:00:00Z")
+        );
+        std::fs::write(inst.pause("a"), b"{\"until\": 3").unwrap();
+        assert!(
+            pause_of(&inst, "a").is_none(),
+            "a damaged pause is no pause"
+        );
+        assert!(clear_pause(&inst, "a"));
+        assert!(!clear_pause(&inst, "a"));
     }
 
     /// Two `parallel` cycles of one schedule end at once: each saves its handoff. With one

@@ -210,12 +210,18 @@ pub struct Row {
     pub note: String,
 }
 
+/// The one rule of `max_failures` (SPEC §4, §8): a `failed`, `timeout` or `blocked` row
+/// counts toward a failure streak, unless it was a rate limit (its note starts with
+/// [`RATE_LIMITED`]), which says nothing about the work. For readers that keep a row's
+/// cells apart (the report); others call [`Row::counts_as_failure`].
+pub fn counts_as_failure(status: Status, note: &str) -> bool {
+    status.counts_as_failure() && !note.starts_with(RATE_LIMITED)
+}
+
 impl Row {
-    /// The one rule of `max_failures` (SPEC §4, §8): a `failed`, `timeout` or `blocked` row
-    /// counts toward a failure streak, unless it was a rate limit (its note starts with
-    /// [`RATE_LIMITED`]), which says nothing about the work.
+    /// See [`counts_as_failure`].
     pub fn counts_as_failure(&self) -> bool {
-        self.status.counts_as_failure() && !self.note.starts_with(RATE_LIMITED)
+        counts_as_failure(self.status, &self.note)
     }
 }
 
@@ -618,7 +624,67 @@ impl TimingFile {
         drop(guard);
         Ok(TimingLog::parse(&bytes))
     }
+
+    /// The rows at the end of the file that finished at or after `since`, in file order,
+    /// without reading the whole file: it is read backwards in growing chunks until a chunk
+    /// starts with a row that finished before `since - RECENT_SLACK` (rows are appended as
+    /// they finish; concurrent writers reorder them by less than the slack). Bad lines are
+    /// skipped. What budgets need: today's rows of a file that holds years.
+    pub fn read_recent(&self, since: DateTime<Utc>) -> Result<Vec<Row>, TimingError> {
+        let read_error = |source| TimingError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(read_error(source)),
+        };
+        let lock = fd_lock::RwLock::new(file);
+        let guard = lock.read().map_err(|source| TimingError::Lock {
+            path: self.path.clone(),
+            source,
+        })?;
+        let len = guard.metadata().map_err(read_error)?.len();
+        let floor = since - RECENT_SLACK;
+        let mut chunk: u64 = 256 * 1024;
+        loop {
+            let start = len.saturating_sub(chunk);
+            let mut bytes = vec![0u8; (len - start) as usize];
+            guard.read_exact_at(&mut bytes, start).map_err(read_error)?;
+            // The header stands in for the line the chunk starts inside of.
+            let body = if start == 0 {
+                &bytes[..]
+            } else {
+                match memchr::memchr(b'\n', &bytes) {
+                    Some(i) => &bytes[i + 1..],
+                    None => &[][..],
+                }
+            };
+            let mut text = if start == 0 {
+                Vec::new()
+            } else {
+                let mut header = header_line().into_bytes();
+                header.push(b'\n');
+                header
+            };
+            text.extend_from_slice(body);
+            let rows = TimingLog::parse(&text).rows;
+            let enough = rows.first().is_some_and(|r| r.finished_at < floor);
+            if start == 0 || enough {
+                return Ok(rows
+                    .into_iter()
+                    .filter(|r| r.finished_at >= since)
+                    .collect());
+            }
+            chunk = chunk.saturating_mul(4);
+        }
+    }
 }
+
+/// How far out of finish order rows may be appended: [`TimingFile::read_recent`] reads this
+/// much further back than asked.
+pub const RECENT_SLACK: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 impl TimingLog {
     /// Parses the contents of a timing file; never fails (see the module docs).
@@ -789,6 +855,43 @@ fn parse_cost(cell: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_recent_reads_back_only_as_far_as_it_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = TimingFile::new(dir.path().join("t.tsv")).without_sync();
+        assert!(file.read_recent(Utc::now()).unwrap().is_empty(), "no file");
+        let base: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
+        // Two days of rows, one a minute, with notes long enough to span many chunks.
+        let rows: Vec<Row> = (0..2 * 1440)
+            .map(|minute| {
+                let at = base + chrono::TimeDelta::minutes(minute);
+                Row {
+                    scheduled_at: None,
+                    started_at: at,
+                    finished_at: at,
+                    duration_ms: 0,
+                    priority: Priority::Schedule,
+                    schedule: "s".into(),
+                    cycle: format!("c{minute}"),
+                    mode: CYCLE_MODE.into(),
+                    attempt: 1,
+                    status: Status::Ok,
+                    exit_code: None,
+                    cost_usd: Some(0.5),
+                    note: "n".repeat(400),
+                }
+            })
+            .collect();
+        file.append_all(&rows).unwrap();
+        let day2: DateTime<Utc> = "2026-12-02T00:00:00Z".parse().unwrap();
+        let recent = file.read_recent(day2).unwrap();
+        assert_eq!(recent.len(), 1440);
+        assert_eq!(recent[0].cycle, "c1440");
+        assert_eq!(recent.last().unwrap().cycle, "c2879");
+        // Back to the very start.
+        assert_eq!(file.read_recent(base).unwrap().len(), 2880);
+    }
+
     use super::*;
     use chrono::TimeZone;
     use std::collections::HashSet;

@@ -146,18 +146,20 @@ fn eight_concurrent_run_cycles_never_interleave_or_lose_a_row() {
 
 #[test]
 fn an_agent_json_result_fills_cost_usd_and_its_answer_is_read_for_the_protocol() {
-    // What `claude -p --output-format json` prints: one result object, the answer inside.
+    // What `claude -p --output-format json` prints: one result object, the answer inside. A
+    // mode that names its output format is read as an agent; validation, which names none,
+    // is judged by its exit status alone.
     let inst = one_schedule(&["implementation", "validation", "planning"]);
     inst.agent_mode(
         "implementation",
         r#"FAKE_PRINT = '{"type":"result","subtype":"success","result":"Done.\\nMEMORY Commands: make check\\nHANDOFF: tests next","total_cost_usd":0.25}'"#,
-        "",
+        "output = \"auto\"",
     );
     inst.agent_mode("validation", "", "");
     inst.agent_mode(
         "planning",
         r#"FAKE_PRINT = '{"type":"result","result":"planned","total_cost_usd":0.5}'"#,
-        "",
+        "output = \"claude-json\"",
     );
     let out = inst.run(&["run-cycle"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -547,11 +549,14 @@ fn init_writes_an_instance_that_runs_anywhere() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Anywhere: even where no agent CLI (and nothing else) is on PATH. The modes that would
+    // run an agent are skipped, the others run this binary.
+    let nothing = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(common::BIN)
         .arg("--dir")
         .arg(&target)
         .arg("run-cycle")
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", nothing.path())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -29,7 +29,6 @@ pub mod codex;
 pub mod gemini;
 pub mod limit;
 pub mod price;
-pub mod sink;
 pub mod text;
 
 use std::collections::VecDeque;
@@ -38,14 +37,14 @@ use std::fmt;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::Deserialize;
 
-use crate::mode::PromptKind;
+use crate::runner::PromptDelivery as PromptKind;
 
+pub use crate::runner::{LineSink, Stream};
 pub use price::{Price, Usd};
-pub use sink::{LineSink, Stream};
 
 /// The most a reader keeps of one run's output: the run log's cap (8 MiB), so that anything
 /// the log holds can be read.
-pub const MAX_KEPT: usize = 8 * 1024 * 1024;
+pub const MAX_KEPT: usize = crate::runner::LOG_CAP as usize;
 /// How much of stderr is kept to explain a failure.
 const STDERR_KEPT: usize = 64 * 1024;
 /// Longest error text carried into a report (the timing note holds 500 characters).
@@ -90,7 +89,7 @@ impl fmt::Display for Agent {
 }
 
 /// How an agent's output is read (`output = "..."`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
     /// Recognise a Claude result, Codex JSONL events or a Gemini JSON document; else text.
@@ -225,6 +224,9 @@ pub struct AgentReport {
     pub cost_usd: Option<f64>,
     /// `tokens in/out/cached 1200/340/800`, or empty.
     pub note: String,
+    /// The format the output was read as (what `auto` recognised): only a structured one
+    /// (not `text`) has an answer apart from the output itself.
+    pub format: OutputFormat,
 }
 
 impl AgentReport {
@@ -280,6 +282,7 @@ impl Reader {
         now: DateTime<Utc>,
         zone: &Z,
     ) -> AgentReport {
+        let format = self.format();
         let (raw, price) = match self {
             Reader::Claude(r) => r.into_raw(),
             Reader::Codex(r) => r.into_raw(),
@@ -287,7 +290,18 @@ impl Reader {
             Reader::Text(r) => r.into_raw(),
             Reader::Auto(r) => return r.finish_in(exit_code, now, zone),
         };
-        judge(raw, price, exit_code, now, zone)
+        judge(raw, price, format, exit_code, now, zone)
+    }
+
+    /// The format this reader reads (`auto` until it has recognised one).
+    fn format(&self) -> OutputFormat {
+        match self {
+            Reader::Claude(_) => OutputFormat::ClaudeJson,
+            Reader::Codex(_) => OutputFormat::CodexJsonl,
+            Reader::Gemini(_) => OutputFormat::GeminiJson,
+            Reader::Text(_) => OutputFormat::Text,
+            Reader::Auto(_) => OutputFormat::Auto,
+        }
     }
 }
 
@@ -300,6 +314,12 @@ impl LineSink for Reader {
             Reader::Text(r) => r.line(stream, line, cut),
             Reader::Auto(r) => r.line(stream, line, cut),
         }
+    }
+
+    /// An agent's answer may be one line of many megabytes (a JSON result): read whole up to
+    /// what a run's log keeps, from both pipes (some agents report errors on stderr).
+    fn line_limit(&self, _stream: Stream) -> usize {
+        MAX_KEPT
     }
 }
 
@@ -322,6 +342,7 @@ struct Raw {
 fn judge<Z: TimeZone>(
     raw: Raw,
     price: Option<Price>,
+    format: OutputFormat,
     exit_code: Option<i32>,
     now: DateTime<Utc>,
     zone: &Z,
@@ -379,6 +400,7 @@ fn judge<Z: TimeZone>(
         tokens: raw.tokens,
         cost_usd: cost,
         note,
+        format,
     }
 }
 
@@ -618,6 +640,7 @@ mod tests {
             tokens: None,
             cost_usd: None,
             note: String::new(),
+            format: OutputFormat::ClaudeJson,
         };
         assert_eq!(
             report.headline(),

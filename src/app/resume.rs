@@ -1,4 +1,5 @@
-//! `resume ID`: lifts a schedule's escalation and tells a running service to re-read it.
+//! `resume ID`: lifts a schedule's escalation and its rate-limit pause, and tells a running
+//! service to re-read them.
 //!
 //! In a cluster (a `cluster` section) the escalation is lifted in the cluster's database
 //! first, so every node fires the schedule again (each reads the cluster's escalations every
@@ -16,9 +17,12 @@ use crate::memory::Section;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Resumed {
     pub schedule: String,
-    /// Whether the schedule was escalated (otherwise nothing changed).
+    /// Whether the schedule was escalated.
     pub was_escalated: bool,
-    /// In a cluster: whether the cluster held an escalation of it (now lifted on every node).
+    /// Whether the schedule was paused by a rate limit (its pause file is removed).
+    pub was_paused: bool,
+    /// In a cluster: whether the cluster held an escalation or a pause of it (now lifted on
+    /// every node).
     pub cluster: Option<bool>,
     /// The running service that was told (SIGHUP), if any.
     pub service_pid: Option<i32>,
@@ -40,11 +44,12 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
     let mut resumed = Resumed {
         schedule: id.to_string(),
         was_escalated: local || in_cluster == Some(true),
+        was_paused: crate::state::clear_pause(inst, id),
         cluster: in_cluster,
         service_pid: None,
         warning: None,
     };
-    if !resumed.was_escalated {
+    if !resumed.was_escalated && !resumed.was_paused {
         return Ok(resumed);
     }
     let entry = format!(
@@ -70,7 +75,7 @@ pub fn resume(inst: &Instance, id: &str) -> Result<Resumed, Error> {
     Ok(resumed)
 }
 
-/// Deletes the cluster's escalation of `id`; true when there was one.
+/// Deletes the cluster's escalation and rate-limit pause of `id`; true when there was either.
 fn resume_in_cluster(section: &crate::cluster::ClusterConfig, id: &str) -> Result<bool, Error> {
     let (url, _) = section
         .resolve(|key| std::env::var(key).ok())
@@ -80,7 +85,12 @@ fn resume_in_cluster(section: &crate::cluster::ClusterConfig, id: &str) -> Resul
     runtime
         .block_on(async {
             let db = crate::cluster::Db::connect(&url, lease).await?;
-            tokio::time::timeout(lease, db.resume(id))
+            let lifted = async {
+                let escalated = db.resume(id).await?;
+                let paused = db.unpause(id).await?;
+                Ok(escalated || paused)
+            };
+            tokio::time::timeout(lease, lifted)
                 .await
                 .unwrap_or(Err(crate::cluster::DbError::Timeout(lease)))
         })

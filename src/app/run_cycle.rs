@@ -8,6 +8,8 @@
 //! started since or an edit of schedules.json. Leftover process groups of a supervisor that
 //! died are reaped first. The caller owns cancellation (signals for the CLI, a client's
 //! cancellation for MCP): a cancelled run stops its running mode, rows `interrupted`.
+//! A schedule paused by a rate limit or over its budget (SPEC §8, [`crate::limits`]) is not
+//! run: one `skipped` cycle row says why and until when, unless the request ignores limits.
 
 use std::path::Path;
 
@@ -37,6 +39,9 @@ pub struct Request {
     pub schedule: Option<String>,
     /// TODO.md item N through the schedule's modes, as priority `todo`.
     pub todo: Option<usize>,
+    /// Run even when the schedule is paused by a rate limit or over its budget
+    /// (`--ignore-limits`); modes still see what is left of the budget.
+    pub ignore_limits: bool,
 }
 
 /// What happens, as it happens.
@@ -72,6 +77,11 @@ pub enum Progress<'a> {
         schedule: &'a str,
         at: DateTime<Utc>,
     },
+    /// The schedule is paused or over budget: not run, a `skipped` row written.
+    Held {
+        schedule: &'a str,
+        note: &'a str,
+    },
 }
 
 /// How one schedule's turn ended.
@@ -80,6 +90,11 @@ pub enum ScheduleRun {
     Ran(CycleOutcome),
     Busy {
         pid: String,
+    },
+    /// Paused by a rate limit or over budget: a `skipped` cycle row with this note.
+    Held {
+        note: String,
+        until: DateTime<Utc>,
     },
     /// The cycle could not record its rows.
     Failed(String),
@@ -94,7 +109,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// 0 all ok, 1 a mode failed, 75 a schedule was busy, 130 interrupted (SPEC §7).
+    /// 0 all ok, 1 a mode failed, 75 a schedule was busy, or paused or over budget (try
+    /// again later, as EX_TEMPFAIL says), 130 interrupted (SPEC §7).
     pub fn exit_code(&self) -> Code {
         let mut code = Code::OK;
         for (_, run) in &self.runs {
@@ -106,7 +122,7 @@ impl Outcome {
                     code = Code::FAILED;
                 }
                 ScheduleRun::Ran(_) => {}
-                ScheduleRun::Busy { .. } => code = Code::BUSY,
+                ScheduleRun::Busy { .. } | ScheduleRun::Held { .. } => code = Code::BUSY,
                 ScheduleRun::Failed(_) if code == Code::OK => code = Code::FAILED,
                 ScheduleRun::Failed(_) => {}
             }
@@ -135,6 +151,8 @@ pub struct PlannedMode {
     /// The programs looked for, when none is installed.
     pub missing: Vec<String>,
     pub prompt: PromptKind,
+    /// How its output is read (`None`: by its exit status alone).
+    pub output: Option<crate::agent::OutputFormat>,
     pub timeout: std::time::Duration,
     pub on_failure: OnFailure,
     pub always: bool,
@@ -200,16 +218,20 @@ pub fn plan(inst: &Instance, request: &Request) -> Result<Vec<Plan>, Error> {
                 .iter()
                 .map(|slug| {
                     let mode = &config.modes[slug];
-                    let argv = cycle::resolve_command(mode, &s.cwd);
+                    let resolved = cycle::resolve_command(mode, &s.cwd);
+                    let invocation = resolved
+                        .as_ref()
+                        .map(|(written, _)| mode.invocation(written));
                     PlannedMode {
                         slug: slug.clone(),
-                        missing: if argv.is_none() {
+                        missing: if resolved.is_none() {
                             mode.commands.iter().map(|c| c[0].clone()).collect()
                         } else {
                             Vec::new()
                         },
-                        argv,
-                        prompt: mode.prompt,
+                        argv: resolved.map(|(_, argv)| argv),
+                        prompt: invocation.as_ref().map_or(mode.prompt, |i| i.prompt),
+                        output: invocation.map_or(mode.output, |i| i.output),
                         timeout: mode.timeout.map_or(s.timeout, |t| t.min(s.timeout)),
                         on_failure: mode.on_failure,
                         always: mode.always,
@@ -230,6 +252,7 @@ pub async fn run(
 ) -> Result<Outcome, Error> {
     let config = Config::load(inst.root())?;
     let (schedules, todo_item) = select(inst, &config, request)?;
+    let budget = crate::limits::InstanceBudget::of(&config);
     let recorder = crate::recorder::Recorder::inline_for_instance(inst);
     let _registration = crate::leftover::register(inst);
     for reaped in crate::leftover::reap(inst, &recorder) {
@@ -272,6 +295,29 @@ pub async fn run(
             }
             Err(err) => return Err(Error::failed(err)),
         };
+        let gate = crate::limits::on_disk(inst, &schedule, &budget, Utc::now());
+        if let Some(hold) = gate.hold.as_ref().filter(|_| !request.ignore_limits) {
+            let note = hold.note();
+            tracing::info!(schedule = %schedule.id, "skipped: {note}");
+            let row = cycle::cycle_row(&schedule, None, Utc::now(), Status::Skipped, &note);
+            recorder.rows(vec![row]).await.map_err(Error::failed)?;
+            progress(Progress::Held {
+                schedule: &schedule.id,
+                note: &note,
+            });
+            outcome.runs.push((
+                schedule.id.clone(),
+                ScheduleRun::Held {
+                    until: hold.until(),
+                    note,
+                },
+            ));
+            continue;
+        }
+        let allowance = gate.allowance.map(|a| crate::limits::Allowance {
+            enforced: !request.ignore_limits,
+            ..a
+        });
         progress(Progress::CycleStarted {
             schedule: &schedule.id,
             modes: schedule.modes.len(),
@@ -300,6 +346,7 @@ pub async fn run(
                     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 )
             }),
+            allowance,
             cycle: None,
             attempt: 1,
         };
@@ -434,6 +481,8 @@ mod tests {
             counts_as_failure: any_failed,
             duration: std::time::Duration::ZERO,
             note: String::new(),
+            cost_usd: None,
+            paused_until: None,
         })
     }
 

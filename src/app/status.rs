@@ -1,9 +1,12 @@
 //! `status`: what an instance is doing, derived from its files alone (the CLI renders it).
 //!
 //! Per schedule: the cron, the next fire, the last cycle, the failure streak, whether a cycle
-//! holds its lock now and whether it is escalated; then TODO progress, memory use, rows and
-//! bad lines of task_timing.tsv, and whether a service runs on the directory (in a cluster,
-//! with its link to the database).
+//! holds its lock now and whether it is escalated, today's cost against its budget and any
+//! rate-limit or budget pause with its end; then the instance's cost and budget, TODO
+//! progress, memory use, rows and bad lines of task_timing.tsv, and whether a service runs on
+//! the directory (in a cluster, with its link to the database). Costs and pauses follow the
+//! rules of [`crate::limits`], from the same rows and pause files the service and
+//! `run-cycle` read.
 //!
 //! `status --cluster` ([`cluster`]) asks the cluster's database instead: its nodes, what
 //! runs where, and per schedule the node of its last cycle (SPEC §11).
@@ -15,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Problem};
 use crate::instance::{self, Instance};
+use crate::limits::{Hold, InstanceBudget, Ledger};
 use crate::lock::LockFile;
 use crate::memory::MemoryDoc;
 use crate::timing::{Row, TimingFile, failure_streak};
@@ -26,6 +30,9 @@ pub struct Report {
     pub service: Service,
     pub config_problems: Vec<String>,
     pub schedules: Vec<ScheduleStatus>,
+    /// The whole instance's cost today, against `max_cost_usd_per_day` at the top of
+    /// schedules.json (`None` when it does not validate).
+    pub budget: Option<Spending>,
     pub todo: TodoStatus,
     pub memory: MemoryStatus,
     pub timing: TimingStatus,
@@ -55,6 +62,41 @@ pub struct ScheduleStatus {
     pub max_failures: u32,
     /// Paused after `max_failures` failed cycles, until its entry changes or `resume`.
     pub escalated: bool,
+    /// Today's cost in the schedule's time zone, against its budget.
+    pub spending: Spending,
+    /// Why its fires are skipped now (a rate-limit pause, a budget spent), until when.
+    pub hold: Option<HoldStatus>,
+}
+
+/// A day's cost against a budget (SPEC §8).
+#[derive(Debug, Serialize)]
+pub struct Spending {
+    pub cost_today_usd: f64,
+    pub max_cost_usd_per_day: Option<f64>,
+    /// The zone whose day it is.
+    pub timezone: String,
+    pub day_ends_at: DateTime<Utc>,
+}
+
+impl Spending {
+    fn of(ledger: &Ledger) -> Spending {
+        Spending {
+            cost_today_usd: ledger.usd,
+            max_cost_usd_per_day: ledger.max_usd_per_day,
+            timezone: ledger.zone.name().to_string(),
+            day_ends_at: ledger.day_end,
+        }
+    }
+}
+
+/// A pause of a schedule's fires.
+#[derive(Debug, Serialize)]
+pub struct HoldStatus {
+    /// `rate_limited` or `budget_spent`.
+    pub reason: &'static str,
+    pub until: DateTime<Utc>,
+    /// The note its skipped rows get.
+    pub note: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,13 +154,36 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
             .or_default()
             .push(row);
     }
+    let recent = crate::limits::recent_costs(&rows, now);
+    let instance = config.as_ref().map(|config| {
+        let budget = InstanceBudget::of(config);
+        let mut ledger = Ledger::new(budget.max_usd_per_day, budget.zone, now);
+        ledger.count_rows(recent.values().flatten().copied(), None);
+        ledger
+    });
     let schedules = config
         .as_ref()
-        .map(|config| {
+        .zip(instance.as_ref())
+        .map(|(config, instance)| {
             config
                 .schedules
                 .iter()
                 .map(|s| {
+                    let mut spent = Ledger::new(s.max_cost_usd_per_day, s.timezone.clone(), now);
+                    spent.count_rows(
+                        recent.get(s.id.as_str()).into_iter().flatten().copied(),
+                        Some(&s.id),
+                    );
+                    let paused = crate::state::pause_of(inst, &s.id).map(|p| p.until);
+                    let hold =
+                        crate::limits::hold(now, paused, &spent, instance).map(|h| HoldStatus {
+                            reason: match h {
+                                Hold::RateLimited { .. } => "rate_limited",
+                                Hold::BudgetSpent { .. } => "budget_spent",
+                            },
+                            until: h.until(),
+                            note: h.note(),
+                        });
                     let history = by_schedule
                         .get(s.id.as_str())
                         .map(Vec::as_slice)
@@ -143,6 +208,8 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
                         max_failures: s.max_failures,
                         escalated: crate::state::escalation(inst, &s.id)
                             .is_some_and(|e| e.fingerprint == s.fingerprint),
+                        spending: Spending::of(&spent),
+                        hold,
                     }
                 })
                 .collect()
@@ -166,6 +233,7 @@ pub fn status(inst: &Instance, now: DateTime<Utc>) -> Report {
         },
         config_problems: problems.iter().map(ToString::to_string).collect(),
         schedules,
+        budget: instance.as_ref().map(Spending::of),
         todo: TodoStatus {
             done,
             total,

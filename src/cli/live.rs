@@ -1,4 +1,4 @@
-//! `run-cycle` on a terminal: the lines [`super::render::progress`] prints, and while a mode
+//! `run-cycle` on a terminal: the lines [`crate::render::progress`] prints, and while a mode
 //! runs, one more line on stderr with the mode and its elapsed time, rewritten in place.
 //!
 //! Rules: used only when stderr is a terminal (otherwise the output is exactly
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::render;
 use crate::app::run_cycle::Progress;
 use crate::duration::short;
+use crate::render;
 
 /// How often the elapsed time is redrawn.
 pub const TICK: Duration = Duration::from_millis(200);

@@ -9,7 +9,6 @@
 
 mod live;
 mod mcp;
-pub(crate) mod render;
 
 use std::path::PathBuf;
 
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app;
 use crate::exit::{Code, Error};
 use crate::instance::Instance;
+use crate::render;
 
 /// A cron supervisor for autonomous work loops.
 ///
@@ -174,6 +174,10 @@ pub struct RunCycleArgs {
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Run even when a schedule is paused by a rate limit or has spent its budget for the
+    /// day (otherwise it gets a `skipped` row and exit 75).
+    #[arg(long)]
+    pub ignore_limits: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +447,7 @@ fn run_cycle(inst: &Instance, args: RunCycleArgs) -> Result<Code, Error> {
     let request = app::run_cycle::Request {
         schedule: args.schedule,
         todo: args.todo,
+        ignore_limits: args.ignore_limits,
     };
     if args.dry_run {
         print!("{}", render::plans(&app::run_cycle::plan(inst, &request)?));

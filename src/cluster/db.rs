@@ -827,6 +827,15 @@ ON CONFLICT DO NOTHING",
             == 1)
     }
 
+    /// Lifts a rate-limit pause before its end (`resume`); false when there was none.
+    pub async fn unpause(&self, schedule: &str) -> Result<bool, DbError> {
+        Ok(self
+            .client
+            .execute("DELETE FROM pauses WHERE schedule = $1::text", &[&schedule])
+            .await?
+            == 1)
+    }
+
     pub async fn escalations(&self) -> Result<Vec<Escalation>, DbError> {
         let rows = self
             .client

@@ -83,6 +83,9 @@ pub struct RunCycleArgs {
     pub todo: Option<u32>,
     /// Show what would run (commands, prompt delivery, limits); run and write nothing.
     pub dry_run: Option<bool>,
+    /// Run even when a schedule is paused by a rate limit or has spent its budget for the
+    /// day (otherwise it gets a `skipped` row and is not run).
+    pub ignore_limits: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

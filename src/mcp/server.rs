@@ -31,9 +31,9 @@ use super::args::{
 };
 use super::text;
 use crate::app;
-use crate::cli::render;
 use crate::exit::Error;
 use crate::instance::Instance;
+use crate::render;
 
 /// The longest `memory_add` text: an entry is one fact, and every mode's prompt carries
 /// the memory file, so a pasted document would crowd out the rest.
@@ -177,7 +177,7 @@ impl LoopServer {
     }
 
     #[tool(
-        description = "Run one cycle now through the run-cycle code path (the schedule's lock, so it never runs beside the same schedule's cycle from serve or run-cycle). Without schedule: every enabled schedule in file order. todo: run TODO.md item N. dry_run: show what would run. Sends a progress notification per mode when the request has a progress token; cancelling the request stops the cycle as SIGTERM would (rows `interrupted`). A busy schedule is a tool error naming the holder's pid.",
+        description = "Run one cycle now through the run-cycle code path (the schedule's lock, so it never runs beside the same schedule's cycle from serve or run-cycle). Without schedule: every enabled schedule in file order. todo: run TODO.md item N. dry_run: show what would run. Sends a progress notification per mode when the request has a progress token; cancelling the request stops the cycle as SIGTERM would (rows `interrupted`). A busy schedule is a tool error naming the holder's pid. A schedule paused by a rate limit or over its daily budget is not run (a `skipped` row says why and until when) unless ignore_limits.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -192,6 +192,7 @@ impl LoopServer {
         let request = app::run_cycle::Request {
             schedule: args.schedule,
             todo: args.todo.map(|n| n as usize),
+            ignore_limits: args.ignore_limits == Some(true),
         };
         let inst = self.inst();
         let plans = {

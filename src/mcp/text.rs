@@ -1,4 +1,4 @@
-//! What the tools return beside the CLI's own renderings ([`crate::cli::render`]): the text
+//! What the tools return beside the CLI's own renderings ([`crate::render`]): the text
 //! and wire shapes of results the CLI does not print, and the parsing of the arguments that
 //! need more than serde (a status word, a `since`).
 
@@ -119,6 +119,16 @@ pub fn run_result(outcome: &Outcome, modes: Vec<ModeDone>) -> CallToolResult {
                     "{schedule}: a cycle of this schedule is already running (pid {pid})"
                 );
                 serde_json::json!({ "schedule": schedule, "ran": false, "busy": true, "pid": pid })
+            }
+            ScheduleRun::Held { note, until } => {
+                let _ = writeln!(text, "{schedule}: skipped: {note}");
+                serde_json::json!({
+                    "schedule": schedule,
+                    "ran": false,
+                    "held": true,
+                    "note": note,
+                    "until": until,
+                })
             }
             ScheduleRun::Failed(why) => {
                 let _ = writeln!(

@@ -16,8 +16,8 @@
 //!   cycle row repeats the sum of its modes' costs.
 //! - Lateness is `started_at - scheduled_at` of cycle rows that have a `scheduled_at`.
 //! - The longest failure streak counts consecutive cycle rows for which
-//!   [`Status::counts_as_failure`]; `ok` and `escalated` end a streak, `skipped` and
-//!   `interrupted` neither count nor end it (as `status` counts one).
+//!   [`crate::timing::counts_as_failure`] (a rate limit does not); `ok` and `escalated` end a
+//!   streak, `skipped` and `interrupted` neither count nor end it (as `status` counts one).
 //! - Percentiles are exact, by nearest rank, over every kept value.
 //! - Days are UTC days (the file's times are UTC); "today" is the UTC day of `now`.
 
@@ -461,7 +461,7 @@ impl Sink for Accumulator<'_> {
         if let Some(scheduled) = row.scheduled_at_ms {
             s.lateness.push(row.started_at_ms - scheduled);
         }
-        if row.status.counts_as_failure() {
+        if crate::timing::counts_as_failure(row.status, row.note) {
             if s.streak == 0 {
                 s.streak_from_ms = row.started_at_ms;
             }
@@ -755,6 +755,37 @@ mod tests {
             schedule: None,
             budgets: BTreeMap::new(),
         }
+    }
+
+    /// A rate limit says nothing about the work (SPEC §8): the report's streak follows the
+    /// one rule `status` and the service follow.
+    #[test]
+    fn a_rate_limited_cycle_neither_counts_nor_ends_a_streak() {
+        let cycle = |start: &str, status: &str, note: &str| {
+            line(start, start, 10, "a", "cycle", status, "")
+                .replace(&format!("note of {status}"), note)
+        };
+        let file = [
+            HEAD.to_string() + "\n",
+            cycle("2026-11-20T10:00:00Z", "failed", "2 modes: 1 failed"),
+            cycle(
+                "2026-11-20T11:00:00Z",
+                "failed",
+                "rate limited until 2026-11-20T12:00:00Z",
+            ),
+            cycle("2026-11-20T12:00:00Z", "failed", "rate limited"),
+            cycle("2026-11-20T13:00:00Z", "timeout", "x"),
+        ]
+        .concat();
+        let report = build(
+            file.as_bytes(),
+            "t.tsv",
+            &options("2026-11-20T00:00:00Z"),
+            t("2026-11-21T00:00:00Z"),
+        )
+        .unwrap();
+        let longest = report.schedules[0].longest_failure_streak.as_ref().unwrap();
+        assert_eq!(longest.cycles, 2);
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct RunOutcome {
     pub truncated: bool,
     /// One line (at most 300 characters) for the TSV note.
     pub summary: String,
+    /// The summary's notes without how the run ended (`; output truncated at …`, each after
+    /// `; `), for a caller that words the ending itself (an agent's own error text).
+    pub summary_notes: String,
 }
 
 /// Why a child could not be started. Once it runs, every ending is a [`RunOutcome`].
@@ -255,7 +258,7 @@ pub async fn run(
         kill_grace: spec.kill_grace,
         log_cap: spec.log_cap,
     };
-    let summary = summary::summary(&end, status, &said, &log, &limits);
+    let (summary, summary_notes) = summary::summary(&end, status, &said, &log, &limits);
     tracing::info!(pid, status = status.as_str(), ?duration, "child finished");
 
     Ok(RunOutcome {
@@ -269,6 +272,7 @@ pub async fn run(
         output_bytes: log.output_bytes,
         truncated: log.truncated,
         summary,
+        summary_notes,
     })
 }
 

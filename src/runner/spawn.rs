@@ -34,8 +34,10 @@ pub const SERVICE_ONLY_ENV: [&str; 6] = [
 /// The one argv element that is replaced (whole) by the prompt file's path.
 pub const PROMPT_FILE_PLACEHOLDER: &str = "{prompt_file}";
 
-/// How the composed prompt reaches the child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the composed prompt reaches the child (`prompt = "stdin" | "file" | "none"` in a
+/// mode's front matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PromptDelivery {
     /// Written to the child's stdin, which is then closed.
     Stdin,

@@ -36,13 +36,15 @@ pub(super) struct Said<'a> {
     pub(super) notes: Vec<String>,
 }
 
+/// The summary, and its notes alone (each after `; `), for a caller that words how the run
+/// ended itself.
 pub(super) fn summary(
     end: &Ending,
     status: RunStatus,
     said: &Said<'_>,
     log: &LogSummary,
     limits: &Limits,
-) -> String {
+) -> (String, String) {
     let stop_note = || {
         if end.killed_after_grace {
             format!(
@@ -53,7 +55,7 @@ pub(super) fn summary(
             "group terminated".to_owned()
         }
     };
-    let mut summary = match status {
+    let head = match status {
         RunStatus::Ok => "exit 0".to_owned(),
         RunStatus::Failed => {
             let code = end.exit.and_then(|s| s.code());
@@ -83,23 +85,27 @@ pub(super) fn summary(
             _ => "blocked (no reason given)".to_owned(),
         },
     };
+    let mut notes = String::new();
     if end.strays {
-        summary.push_str("; stray descendants terminated");
+        notes.push_str("; stray descendants terminated");
     }
     for note in &said.notes {
-        summary.push_str("; ");
-        summary.push_str(note);
+        notes.push_str("; ");
+        notes.push_str(note);
     }
     if log.truncated {
-        summary.push_str(&format!("; output truncated at {} bytes", limits.log_cap));
+        notes.push_str(&format!("; output truncated at {} bytes", limits.log_cap));
     }
     if let Some(error) = &log.error {
-        summary.push_str(&format!("; log write failed: {error}"));
+        notes.push_str(&format!("; log write failed: {error}"));
     }
     if end.drain_cut {
-        summary.push_str("; output still open after the group was gone (escaped descendant)");
+        notes.push_str("; output still open after the group was gone (escaped descendant)");
     }
-    clip(&summary, SUMMARY_MAX_CHARS)
+    (
+        clip(&format!("{head}{notes}"), SUMMARY_MAX_CHARS),
+        clip(&notes, SUMMARY_MAX_CHARS),
+    )
 }
 
 fn signal_name(sig: i32) -> String {

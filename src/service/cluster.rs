@@ -33,6 +33,7 @@ use crate::cluster::{Claim, ClaimKey, ClusterError, Due, Escalation, Interrupted
 use crate::config::Config;
 use crate::exit::Error;
 use crate::instance::Instance;
+use crate::limits::{Hold, Ledger};
 use crate::recorder::{Recorder, RowSink};
 use crate::timing::{Priority, Row, Status, sanitize_note};
 
@@ -249,16 +250,22 @@ impl Pending {
     }
 
     fn due(&self) -> Due {
-        let cycle = match self {
-            Pending::Fire(fire) => fire.spec.cycle.clone().unwrap_or_default(),
-            Pending::Row(row) => row.cycle.clone(),
+        let (cycle, cost_since) = match self {
+            Pending::Fire(fire) => {
+                let s = &fire.spec.schedule;
+                // A schedule with a daily budget: the claim answers what every node spent on
+                // it since the start of its day.
+                let since = s
+                    .max_cost_usd_per_day
+                    .map(|max| Ledger::new(Some(max), s.timezone.clone(), Utc::now()).day_start);
+                (fire.spec.cycle.clone().unwrap_or_default(), since)
+            }
+            Pending::Row(row) => (row.cycle.clone(), None),
         };
         Due {
             schedule: self.schedule().to_string(),
             cycle,
-            // HOOK (daily budgets, SPEC §8): the start of the schedule's day, for a schedule
-            // with a budget, so the claim answers the cost spent since on every node.
-            cost_since: None,
+            cost_since,
         }
     }
 }
@@ -337,7 +344,12 @@ impl Claimer {
                 fire.spec.dispatched_at = Some(Utc::now());
                 fire.spec.cycle = Some(claim.cycle.clone());
                 fire.spec.attempt = claim.key.attempt;
-                let verdict = claim_verdict(&fire.spec.schedule, &claim.rules, claim.key.attempt);
+                let verdict = claim_verdict(
+                    &fire.spec.schedule,
+                    &claim.rules,
+                    claim.key.attempt,
+                    Utc::now(),
+                );
                 let hold = ClaimHold::new(
                     &self.node,
                     &claim,
@@ -349,13 +361,16 @@ impl Claimer {
                     ClaimVerdict::Run => None,
                     ClaimVerdict::WaitFor { node } => Some(node),
                     ClaimVerdict::Skip { note } => {
-                        return self.skip(*fire, hold, &claim, &note);
+                        return self.skip(*fire, hold, &claim, &note, None);
+                    }
+                    ClaimVerdict::Held { hold: held } => {
+                        return self.skip(*fire, hold, &claim, &held.note(), Some(held));
                     }
                     ClaimVerdict::Escalated { note, .. } => {
                         if let Some(escalation) = claim.rules.escalation.clone() {
                             let _ = self.notes.send(Note::EscalatedElsewhere { escalation });
                         }
-                        return self.skip(*fire, hold, &claim, &note);
+                        return self.skip(*fire, hold, &claim, &note, None);
                     }
                 };
                 tokio::spawn(fire::run_fire(*fire, Some(ClaimedFire { hold, wait_for })));
@@ -363,14 +378,19 @@ impl Claimer {
         }
     }
 
-    fn skip(&self, fire: Fire, hold: ClaimHold, claim: &Claim, note: &str) {
+    /// The claimed instant does not run: its `skipped` row. `held`: a hold learnt from the
+    /// cluster, handed to the core with the fire's end so the schedule is held here too.
+    fn skip(&self, fire: Fire, hold: ClaimHold, claim: &Claim, note: &str, held: Option<Hold>) {
         let Fire { spec, mut done, .. } = fire;
         tracing::info!(schedule = %spec.schedule.id, scheduled_at = %claim.key.scheduled_at, "skipped: {note}");
         let started = spec.dispatched_at.unwrap_or_else(Utc::now);
         let row = not_run_row(claim, started, Status::Skipped, note);
         self.recorder.rows_detached(vec![row]);
-        done.hold(hold);
-        done.set(Status::Skipped, false);
+        done.hold_claim(hold);
+        match held {
+            Some(held) => done.held(held),
+            None => done.set(Status::Skipped, false),
+        }
     }
 }
 

@@ -24,14 +24,21 @@
 //!   larger than [`LARGE_STEP_BACK`] (cronie's rule: the clock was wrong, not adjusted).
 //! - On stop, a queued fire gets an `interrupted` row, so every dispatched instant has
 //!   exactly one cycle row.
+//! - A fire while its schedule is paused by a rate limit, or once a day's cost reached a
+//!   budget (the schedule's or the instance's), is one `skipped` cycle row saying why and until
+//!   when ([`crate::limits`]); it never counts as a failure. The core learns a cycle's cost and
+//!   rate-limit pause from its [`Done`], the pauses on file at start and at each reload, and
+//!   today's costs from the rows at start. Another process's spending reaches it through the
+//!   fire task, which checks the files before it runs a cycle and reports a hold it found.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use crate::cluster::Rules;
+use crate::limits::{Hold, InstanceBudget, Ledger};
 use crate::schedule::{Overlap, Schedule};
-use crate::state::Escalation;
+use crate::state::{Escalation, Pause};
 use crate::timing::{Row, Status, failure_streak};
 
 /// Instants due for longer than this were missed, not merely reached late.
@@ -87,10 +94,19 @@ pub struct Entry {
     /// Consecutive cycles that counted as failures.
     pub streak: u32,
     pub escalated: bool,
+    /// A rate-limit pause, or a budget found spent on file, until its end.
+    pub held: Option<Hold>,
+    /// Today's cost of the schedule, against its budget.
+    pub spent: Ledger,
 }
 
 impl Entry {
     fn new(schedule: Schedule, escalated: bool, streak: u32, now: DateTime<Utc>) -> Entry {
+        let spent = Ledger::new(
+            schedule.max_cost_usd_per_day,
+            schedule.timezone.clone(),
+            now,
+        );
         let mut entry = Entry {
             schedule,
             next: None,
@@ -98,6 +114,8 @@ impl Entry {
             queued: None,
             streak,
             escalated,
+            held: None,
+            spent,
         };
         entry.arm(now);
         entry
@@ -113,12 +131,17 @@ impl Entry {
 }
 
 /// How a cycle the loop started ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Done {
     /// The cycle row's status; `None` when the task ended without one (it could not start).
     pub status: Option<Status>,
     /// Whether its cycle row counts toward the failure streak.
     pub counts_as_failure: bool,
+    /// The cycle row's `cost_usd`.
+    pub cost_usd: Option<f64>,
+    /// A pause its rate-limited modes asked for, or a pause or spent budget the fire found
+    /// on file (it did not run then).
+    pub hold: Option<Hold>,
 }
 
 /// What a reload changed, for the log.
@@ -134,6 +157,8 @@ pub struct Reloaded {
 #[derive(Debug)]
 pub struct Core {
     entries: BTreeMap<String, Entry>,
+    /// Today's cost of the whole instance, against its budget (see [`Core::load_limits`]).
+    instance: Ledger,
     /// The clock at the last observation, to notice it stepping back.
     last_now: DateTime<Utc>,
     stopping: bool,
@@ -174,6 +199,7 @@ impl Core {
         }
         let core = Core {
             entries,
+            instance: Ledger::new(None, crate::zone::Zone::utc(), now),
             last_now: now,
             stopping: false,
         };
@@ -273,6 +299,21 @@ impl Core {
         dispatched_at: DateTime<Utc>,
         actions: &mut Vec<Action>,
     ) {
+        if let Some(hold) = self.local_hold(id, dispatched_at) {
+            let Some(entry) = self.entries.get(id) else {
+                return;
+            };
+            let note = hold.note();
+            tracing::info!(schedule = %id, scheduled_at = %instant, "skipped: {note}");
+            actions.push(Action::Row {
+                schedule: entry.schedule.clone(),
+                instant: Some(instant),
+                dispatched_at,
+                status: Status::Skipped,
+                note,
+            });
+            return;
+        }
         let Some(entry) = self.entries.get_mut(id) else {
             return;
         };
@@ -312,6 +353,7 @@ impl Core {
     /// start the fire queued behind it.
     pub fn on_done(&mut self, id: &str, done: Done, now: DateTime<Utc>) -> Vec<Action> {
         let mut actions = Vec::new();
+        self.count_limits(id, &done, now);
         let Some(entry) = self.entries.get_mut(id) else {
             return actions;
         };
@@ -511,6 +553,83 @@ impl Core {
     }
 }
 
+/// Pauses and budgets (SPEC §8): the local rule. What this node knows (its own cycles' costs
+/// and pauses, the files at start and reload) lives in [`Entry::held`], [`Entry::spent`] and
+/// the instance's ledger; rules learnt elsewhere (another node's claims in a cluster) merge
+/// into the same fields through a method of their own, and [`Core::local_hold`] applies both.
+impl Core {
+    /// What the files say: the instance's budget, the schedules' pauses on file (a schedule
+    /// without one is not paused: `resume` lifts a pause by removing its file), and, at start,
+    /// today's costs from the rows already written. Called after [`Core::new`] and after each
+    /// [`Core::reload`] (without rows: the costs counted since start stay).
+    pub fn load_limits(
+        &mut self,
+        budget: &InstanceBudget,
+        pauses: &HashMap<String, Pause>,
+        rows: Option<&[Row]>,
+        now: DateTime<Utc>,
+    ) {
+        let recent = rows.map(|rows| crate::limits::recent_costs(rows, now));
+        let mut instance = Ledger::new(budget.max_usd_per_day, budget.zone.clone(), now);
+        match &recent {
+            Some(recent) => instance.count_rows(recent.values().flatten().copied(), None),
+            None if self.instance.zone == budget.zone => {
+                instance.usd = self.instance.at(now).usd;
+            }
+            None => {}
+        }
+        self.instance = instance;
+        for (id, entry) in &mut self.entries {
+            let mut spent = Ledger::new(
+                entry.schedule.max_cost_usd_per_day,
+                entry.schedule.timezone.clone(),
+                now,
+            );
+            match &recent {
+                Some(recent) => spent.count_rows(
+                    recent.get(id.as_str()).into_iter().flatten().copied(),
+                    Some(id),
+                ),
+                None if entry.spent.zone == spent.zone => spent.usd = entry.spent.at(now).usd,
+                None => {}
+            }
+            entry.spent = spent;
+            entry.held = pauses
+                .get(id)
+                .filter(|p| p.until > now)
+                .map(|p| Hold::RateLimited { until: p.until });
+        }
+    }
+
+    /// Why a fire of `id` may not run at `now`, if it may not.
+    pub fn local_hold(&self, id: &str, now: DateTime<Utc>) -> Option<Hold> {
+        let entry = self.entries.get(id)?;
+        entry
+            .held
+            .filter(|hold| hold.until() > now)
+            .or_else(|| crate::limits::hold(now, None, &entry.spent, &self.instance))
+    }
+
+    /// A fire's end: its cost counts toward today's, its hold holds the schedule.
+    fn count_limits(&mut self, id: &str, done: &Done, now: DateTime<Utc>) {
+        if let Some(cost) = done.cost_usd {
+            self.instance.add(now, cost);
+        }
+        let Some(entry) = self.entries.get_mut(id) else {
+            return;
+        };
+        if let Some(cost) = done.cost_usd {
+            entry.spent.add(now, cost);
+        }
+        if let Some(hold) = done.hold
+            && entry.held.is_none_or(|held| held.until() < hold.until())
+        {
+            tracing::warn!(schedule = %id, until = %hold.until(), "held: {}", hold.note());
+            entry.held = Some(hold);
+        }
+    }
+}
+
 /// What a cluster sync of escalations changed (see [`Core::cluster_escalations`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EscalationSync {
@@ -632,6 +751,12 @@ pub enum ClaimVerdict {
     Skip {
         note: String,
     },
+    /// Held cluster-wide: a rate-limit pause some node set, or the schedule's daily budget
+    /// spent across nodes. A `skipped` row with the hold's note; the hold comes back to the
+    /// core with the fire's [`Done`], so the schedule is held here too until its end.
+    Held {
+        hold: Hold,
+    },
     /// Escalated on `node` with this node's entry: a `skipped` row, and the schedule pauses
     /// here too ([`Core::escalated_elsewhere`]).
     Escalated {
@@ -642,8 +767,14 @@ pub enum ClaimVerdict {
 }
 
 /// `attempt` > 1 is a retry after a takeover (`catch_up`): the only run left of its instant,
-/// so it waits for a cycle running elsewhere instead of being skipped.
-pub fn claim_verdict(schedule: &Schedule, rules: &Rules, attempt: u32) -> ClaimVerdict {
+/// so it waits for a cycle running elsewhere instead of being skipped. `now`: the claim's
+/// answer, for the end of a spent budget's day.
+pub fn claim_verdict(
+    schedule: &Schedule,
+    rules: &Rules,
+    attempt: u32,
+    now: DateTime<Utc>,
+) -> ClaimVerdict {
     if let Some(e) = &rules.escalation
         && e.fingerprint == schedule.fingerprint
     {
@@ -656,19 +787,26 @@ pub fn claim_verdict(schedule: &Schedule, rules: &Rules, attempt: u32) -> ClaimV
             ),
         };
     }
-    // HOOK (rate-limit pauses and daily budgets, SPEC §8): `rules.paused` is a pause some
-    // node set that is still in force (the claim compared `until` with the database's
-    // clock); `rules.cost_since` is the cost spent since `Due::cost_since` on every node,
-    // answered only when the claim asked for it (a schedule with a budget). When the core
-    // gains its own pause and budget state, this is where the cluster's answer joins it.
+    // A pause some node set, still in force by the database's clock (SPEC §8 across nodes).
     if let Some(p) = &rules.paused {
-        return ClaimVerdict::Skip {
-            note: format!(
-                "paused until {} by node {}: {}",
-                p.until.to_rfc3339_opts(SecondsFormat::Secs, true),
-                p.node,
-                p.reason
-            ),
+        return ClaimVerdict::Held {
+            hold: Hold::RateLimited { until: p.until },
+        };
+    }
+    // The schedule's cost today on every node (asked for by `Due::cost_since` when it has
+    // a budget). The instance's budget stays each node's own: the database sums rows per
+    // schedule, and an instance budget counts one instance directory's spending.
+    if let (Some(max_usd), Some(usd)) = (schedule.max_cost_usd_per_day, rules.cost_since)
+        && usd >= max_usd
+    {
+        let day = Ledger::new(Some(max_usd), schedule.timezone.clone(), now);
+        return ClaimVerdict::Held {
+            hold: Hold::BudgetSpent {
+                until: day.day_end,
+                whose: crate::limits::Whose::Schedule,
+                usd,
+                max_usd,
+            },
         };
     }
     match (&rules.running_on, schedule.overlap) {
@@ -788,10 +926,14 @@ mod tests {
     const FAILED: Done = Done {
         status: Some(Status::Failed),
         counts_as_failure: true,
+        cost_usd: None,
+        hold: None,
     };
     const OK: Done = Done {
         status: Some(Status::Ok),
         counts_as_failure: false,
+        cost_usd: None,
+        hold: None,
     };
 
     #[test]
@@ -900,6 +1042,7 @@ mod tests {
         let limited = Done {
             status: Some(Status::Failed),
             counts_as_failure: false,
+            ..Done::default()
         };
         for (second, done) in [
             (1, FAILED),
@@ -913,6 +1056,132 @@ mod tests {
             assert!(actions.is_empty(), "{second}: {actions:?}");
         }
         assert_eq!(core.entry("r").unwrap().streak, 1);
+    }
+
+    #[test]
+    fn a_rate_limit_pause_skips_fires_until_its_end_and_counts_nothing() {
+        let s = schedule(r#"{"id": "r", "task": "t", "cron": "* * * * * *", "max_failures": 1}"#);
+        let mut core = core(&[s], at("2026-11-21T12:00:00.500Z"));
+        core.dispatch_due(at("2026-11-21T12:00:01.001Z"));
+        let limited = Done {
+            status: Some(Status::Failed),
+            counts_as_failure: false,
+            cost_usd: Some(0.01),
+            hold: Some(Hold::RateLimited {
+                until: at("2026-11-21T12:00:03.500Z"),
+            }),
+        };
+        assert!(
+            core.on_done("r", limited, at("2026-11-21T12:00:01.5Z"))
+                .is_empty()
+        );
+        for second in [2, 3] {
+            let actions = core.dispatch_due(at(&format!("2026-11-21T12:00:0{second}.001Z")));
+            assert!(starts(&actions).is_empty());
+            assert_eq!(
+                rows(&actions)[0].2,
+                "rate limited until 2026-11-21T12:00:03Z",
+                "{second}"
+            );
+        }
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-21T12:00:04.001Z"))).len(),
+            1
+        );
+        assert!(!core.entry("r").unwrap().escalated);
+    }
+
+    #[test]
+    fn a_spent_budget_skips_fires_until_the_next_day_and_a_reload_keeps_the_count() {
+        let s = schedule(
+            r#"{"id": "b", "task": "t", "cron": "0 0 * * * *", "max_cost_usd_per_day": 0.02}"#,
+        );
+        let now = at("2026-11-21T21:30:00Z");
+        let mut core = core(std::slice::from_ref(&s), now);
+        let row = |cost: f64| Row {
+            scheduled_at: None,
+            started_at: at("2026-11-21T10:00:00Z"),
+            finished_at: at("2026-11-21T10:00:01Z"),
+            duration_ms: 1000,
+            priority: crate::timing::Priority::Schedule,
+            schedule: "b".into(),
+            cycle: "c".into(),
+            mode: "cycle".into(),
+            attempt: 1,
+            status: Status::Ok,
+            exit_code: None,
+            cost_usd: Some(cost),
+            note: String::new(),
+        };
+        let budget = InstanceBudget {
+            max_usd_per_day: None,
+            zone: crate::zone::Zone::utc(),
+        };
+        core.load_limits(&budget, &HashMap::new(), Some(&[row(0.0123)]), now);
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-21T22:00:00Z"))).len(),
+            1
+        );
+        let done = Done {
+            status: Some(Status::Ok),
+            cost_usd: Some(0.0123),
+            ..Done::default()
+        };
+        core.on_done("b", done, at("2026-11-21T22:00:05Z"));
+        core.reload(&[s], &HashMap::new(), at("2026-11-21T22:10:00Z"));
+        core.load_limits(&budget, &HashMap::new(), None, at("2026-11-21T22:10:00Z"));
+        let actions = core.dispatch_due(at("2026-11-21T23:00:00Z"));
+        assert_eq!(
+            rows(&actions)[0].2,
+            "budget spent until 2026-11-22T00:00:00Z: $0.0246 of the schedule's budget of $0.02 a day"
+        );
+        assert_eq!(
+            starts(&core.dispatch_due(at("2026-11-22T00:00:00Z"))).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_instance_budget_holds_every_schedule_and_a_pause_on_file_holds_one() {
+        let a = schedule(r#"{"id": "a", "task": "t", "cron": "0 * * * * *"}"#);
+        let b = schedule(r#"{"id": "b", "task": "t", "cron": "0 * * * * *"}"#);
+        let now = at("2026-11-21T12:00:30Z");
+        let mut core = core(&[a, b], now);
+        let budget = InstanceBudget {
+            max_usd_per_day: Some(1.0),
+            zone: crate::zone::Zone::utc(),
+        };
+        let pause = Pause {
+            until: at("2026-11-21T12:01:30Z"),
+            at: now,
+            cycle: "c".into(),
+            note: "limited".into(),
+        };
+        core.load_limits(
+            &budget,
+            &HashMap::from([("a".to_string(), pause)]),
+            Some(&[]),
+            now,
+        );
+        let actions = core.dispatch_due(at("2026-11-21T12:01:00Z"));
+        assert_eq!(starts(&actions).len(), 1, "b runs, a is paused");
+        assert_eq!(
+            rows(&actions)[0].2,
+            "rate limited until 2026-11-21T12:01:30Z"
+        );
+        let done = Done {
+            status: Some(Status::Ok),
+            cost_usd: Some(1.5),
+            ..Done::default()
+        };
+        core.on_done("b", done, at("2026-11-21T12:01:10Z"));
+        let actions = core.dispatch_due(at("2026-11-21T12:02:00Z"));
+        assert!(starts(&actions).is_empty());
+        assert!(
+            rows(&actions)
+                .iter()
+                .all(|r| r.2.ends_with("of the instance's budget of $1 a day"))
+        );
     }
 
     #[test]
@@ -1143,25 +1412,31 @@ mod tests {
         let skip = schedule(r#"{"id": "s", "task": "t"}"#);
         let queue = schedule(r#"{"id": "q", "task": "t", "overlap": "queue"}"#);
         let parallel = schedule(r#"{"id": "p", "task": "t", "overlap": "parallel"}"#);
-        assert_eq!(claim_verdict(&skip, &rules(), 1), ClaimVerdict::Run);
+        assert_eq!(
+            claim_verdict(&skip, &rules(), 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Run
+        );
         let elsewhere = Rules {
             running_on: Some("n2".into()),
             ..rules()
         };
         assert_eq!(
-            claim_verdict(&skip, &elsewhere, 1),
+            claim_verdict(&skip, &elsewhere, 1, at("2026-11-21T12:00:00Z")),
             ClaimVerdict::Skip {
                 note: "overlap skip: the previous cycle still runs on node n2".into()
             }
         );
         assert_eq!(
-            claim_verdict(&queue, &elsewhere, 1),
+            claim_verdict(&queue, &elsewhere, 1, at("2026-11-21T12:00:00Z")),
             ClaimVerdict::WaitFor { node: "n2".into() }
         );
-        assert_eq!(claim_verdict(&parallel, &elsewhere, 1), ClaimVerdict::Run);
+        assert_eq!(
+            claim_verdict(&parallel, &elsewhere, 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Run
+        );
         // A retry after a takeover is the instant's last chance: it waits, never skips.
         assert_eq!(
-            claim_verdict(&skip, &elsewhere, 2),
+            claim_verdict(&skip, &elsewhere, 2, at("2026-11-21T12:00:00Z")),
             ClaimVerdict::WaitFor { node: "n2".into() }
         );
         // Escalated with this entry: paused; with another entry (changed since): runs.
@@ -1170,7 +1445,7 @@ mod tests {
             ..rules()
         };
         assert!(matches!(
-            claim_verdict(&skip, &escalated, 1),
+            claim_verdict(&skip, &escalated, 1, at("2026-11-21T12:00:00Z")),
             ClaimVerdict::Escalated { ref node, .. } if node == "n3"
         ));
         let mut stale = cluster_escalation(&skip, "n3");
@@ -1179,7 +1454,10 @@ mod tests {
             escalation: Some(stale),
             ..rules()
         };
-        assert_eq!(claim_verdict(&skip, &changed, 1), ClaimVerdict::Run);
+        assert_eq!(
+            claim_verdict(&skip, &changed, 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Run
+        );
         // A rate-limit pause in force anywhere skips the fire.
         let paused = Rules {
             paused: Some(crate::cluster::Pause {
@@ -1190,9 +1468,30 @@ mod tests {
             }),
             ..rules()
         };
+        assert_eq!(
+            claim_verdict(&skip, &paused, 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Held {
+                hold: Hold::RateLimited {
+                    until: at("2026-11-21T13:00:00Z")
+                }
+            }
+        );
+        // The schedule's budget, spent across nodes: held until the end of its day.
+        let budgeted = schedule(
+            r#"{"id": "b", "task": "t", "max_cost_usd_per_day": 2, "timezone": "Europe/Berlin"}"#,
+        );
+        let spent = |usd| Rules {
+            cost_since: Some(usd),
+            ..rules()
+        };
+        assert_eq!(
+            claim_verdict(&budgeted, &spent(1.99), 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Run
+        );
         assert!(matches!(
-            claim_verdict(&skip, &paused, 1),
-            ClaimVerdict::Skip { ref note } if note.contains("paused until 2026-11-21T13:00:00Z by node n1")
+            claim_verdict(&budgeted, &spent(2.5), 1, at("2026-11-21T12:00:00Z")),
+            ClaimVerdict::Held { hold: Hold::BudgetSpent { until, .. } }
+                if until == at("2026-11-21T23:00:00Z")
         ));
     }
 

@@ -2,11 +2,14 @@
 //! lock, then the cycle; and a schedule's `on_escalate` hook.
 //!
 //! Rules: a fire that never starts still gets exactly one cycle row (`interrupted` when the
-//! service stops first, `skipped` when its schedule is withdrawn or the schedule's lock is
-//! held elsewhere); its end always reaches the loop, even when the task panics or is dropped
-//! ([`DoneGuard`]). In a cluster a fire runs only on a claim this node won: the guard also
-//! ends the claim ([`ClaimHold::end`]), a lost lease stops the cycle like a shutdown does,
-//! and `overlap = "queue"` waits for a cycle of the schedule running on another node.
+//! service stops first, `skipped` when its schedule is withdrawn, the schedule's lock is held
+//! elsewhere, or the files say the schedule is paused or over budget); its end always reaches
+//! the loop, even when the task panics or is dropped ([`DoneGuard`]). The files are checked
+//! under the schedule's lock, right before the cycle: a `run-cycle` may have been limited or
+//! spent since the core last looked ([`crate::limits::on_disk`]). In a cluster a fire runs
+//! only on a claim this node won: the guard also ends the claim ([`ClaimHold::end`]), a lost
+//! lease stops the cycle like a shutdown does, and `overlap = "queue"` waits for a cycle of
+//! the schedule running on another node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use super::core::Done;
 use super::run::Ended;
 use crate::cycle::{self, CycleSpec};
 use crate::instance::Instance;
+use crate::limits::{Hold, InstanceBudget};
 use crate::lock::{LockError, LockFile};
 use crate::metrics::FireStage;
 use crate::recorder::Recorder;
@@ -50,15 +54,13 @@ impl DoneGuard {
         DoneGuard {
             tx,
             id,
-            done: Done {
-                status: None,
-                counts_as_failure: false,
-            },
+            done: Done::default(),
             claim: None,
         }
     }
 
-    pub fn hold(&mut self, claim: ClaimHold) {
+    /// The cluster claim the fire runs on, ended when the fire ends.
+    pub fn hold_claim(&mut self, claim: ClaimHold) {
         self.claim = Some(claim);
     }
 
@@ -66,6 +68,28 @@ impl DoneGuard {
         self.done = Done {
             status: Some(status),
             counts_as_failure,
+            ..Done::default()
+        };
+    }
+
+    /// The cycle ran: its status, its cost, and the pause its rate limits ask for.
+    fn ran(&mut self, outcome: &cycle::CycleOutcome) {
+        self.done = Done {
+            status: Some(outcome.status),
+            counts_as_failure: outcome.counts_as_failure,
+            cost_usd: outcome.cost_usd,
+            hold: outcome
+                .paused_until
+                .map(|until| Hold::RateLimited { until }),
+        };
+    }
+
+    /// The files, or the cluster, held the fire (its `skipped` row is written).
+    pub(super) fn held(&mut self, hold: Hold) {
+        self.done = Done {
+            status: Some(Status::Skipped),
+            hold: Some(hold),
+            ..Done::default()
         };
     }
 }
@@ -99,20 +123,24 @@ pub struct Fire {
     pub jitter: Duration,
     pub slots: Arc<Semaphore>,
     pub stops: Stops,
+    /// The instance's daily budget, checked with the files under the schedule's lock.
+    pub budget: InstanceBudget,
     pub done: DoneGuard,
     /// Its place in the metrics' waiting and running gauges.
     pub stage: FireStage,
 }
 
-/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the cycle. `claim`:
-/// the cluster claim it runs on (the caller judged its rules already).
+/// Runs one dispatched fire: jitter, a free slot, the schedule's lock, the pause and
+/// budgets on file, the cycle. `claim`: the cluster claim it runs on (the caller judged its
+/// rules already).
 pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
     let Fire {
-        spec,
+        mut spec,
         recorder,
         jitter,
         slots,
         stops,
+        budget,
         mut done,
         mut stage,
     } = fire;
@@ -126,7 +154,7 @@ pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
         Some(ClaimedFire { hold, wait_for }) => {
             let token = hold.cancel_token();
             let node = hold.node().clone();
-            done.hold(hold);
+            done.hold_claim(hold);
             (token.clone(), token, wait_for.map(|other| (node, other)))
         }
         None => (cancel, CancellationToken::new(), None),
@@ -237,10 +265,17 @@ pub async fn run_fire(fire: Fire, claim: Option<ClaimedFire>) {
             return;
         }
     };
+    let gate = crate::limits::on_disk(&spec.inst, &spec.schedule, &budget, Utc::now());
+    if let Some(hold) = gate.hold {
+        skipped(&mut done, &hold.note());
+        done.held(hold);
+        return;
+    }
+    spec.allowance = gate.allowance;
     stage.started();
     let id = spec.schedule.id.clone();
     match cycle::run(spec, &recorder, cancel, |_| {}).await {
-        Ok(outcome) => done.set(outcome.status, outcome.counts_as_failure),
+        Ok(outcome) => done.ran(&outcome),
         Err(err) => {
             tracing::error!(schedule = %id, error = %err, "cycle failed to record");
             done.set(Status::Failed, true);

@@ -41,6 +41,8 @@ use crate::cycle::CycleSpec;
 use crate::duration::short;
 use crate::exit::{Code, Error};
 use crate::instance::Instance;
+use crate::limits::Hold;
+use crate::limits::InstanceBudget;
 use crate::memory::{MemoryLimits, Section};
 use crate::metrics::gauges::{Publisher, ScheduleState};
 use crate::metrics::{FireStage, Metrics};
@@ -134,7 +136,13 @@ impl Service {
         let now = Utc::now();
         let rows = rows_of(&inst);
         let markers = markers(&inst, &config.schedules);
-        let (core, actions) = Core::new(&config.schedules, &rows, &markers, now);
+        let (mut core, actions) = Core::new(&config.schedules, &rows, &markers, now);
+        core.load_limits(
+            &InstanceBudget::of(&config),
+            &pauses(&inst, &config.schedules),
+            Some(&rows),
+            now,
+        );
         let stopping = CancellationToken::new();
         let cancel = CancellationToken::new();
         let cluster = node.map(|(node, events)| {
@@ -259,6 +267,7 @@ impl Service {
                 Step::Stop(name) => break name,
                 Step::Reload(trigger) => self.reload(&trigger),
                 Step::Ended(ended) => {
+                    self.share_pause(&ended);
                     let actions = self.core.on_done(&ended.id, ended.done, Utc::now());
                     self.perform(actions);
                     self.publish(Some(&ended.id));
@@ -403,6 +412,8 @@ impl Service {
             note: (!jitter.is_zero()).then(|| format!("jitter {}", short(jitter))),
             cycle,
             attempt,
+            // The fire task reads it from the files, under the schedule's lock.
+            allowance: None,
         };
         Fire {
             spec,
@@ -414,6 +425,7 @@ impl Service {
                 cancel: self.cancel.clone(),
                 withdrawn,
             },
+            budget: InstanceBudget::of(&self.config),
             done,
             stage,
         }
@@ -494,6 +506,12 @@ impl Service {
                 }
                 let markers = markers(&self.inst, &config.schedules);
                 let (actions, summary) = self.core.reload(&config.schedules, &markers, now);
+                self.core.load_limits(
+                    &InstanceBudget::of(&config),
+                    &pauses(&self.inst, &config.schedules),
+                    None,
+                    now,
+                );
                 self.perform(actions);
                 self.publish(None);
                 if let Some(metrics) = self.metrics() {
@@ -849,6 +867,34 @@ impl Service {
         }
     }
 
+    /// A cycle of this node was rate limited: the pause holds on every node (SPEC §8), so
+    /// it goes to the cluster's `pauses` (a later pause in force is kept there). A hold the
+    /// fire only found (on file or in the cluster) is not sent again.
+    fn share_pause(&mut self, ended: &Ended) {
+        let (Some(side), Some(Hold::RateLimited { until })) = (&mut self.cluster, ended.done.hold)
+        else {
+            return;
+        };
+        if ended.done.status == Some(Status::Skipped) {
+            return;
+        }
+        let node = side.claimer.node.clone();
+        let id = ended.id.clone();
+        side.tasks.spawn_on(
+            async move {
+                match node.pause(&id, until, "rate limited").await {
+                    Ok(()) => {
+                        tracing::info!(schedule = %id, %until, "cluster: the rate-limit pause holds on every node")
+                    }
+                    Err(err) => {
+                        tracing::warn!(schedule = %id, error = %err, "cluster: the rate-limit pause is this node's only")
+                    }
+                }
+            },
+            &self.workers,
+        );
+    }
+
     /// The local marker of a schedule paused by another node's escalation, so `status` on
     /// this node says it and a restart starts paused (the cluster's state wins after).
     fn mark_paused_elsewhere(&self, e: &crate::cluster::Escalation) {
@@ -948,6 +994,14 @@ fn markers(inst: &Instance, schedules: &[Schedule]) -> HashMap<String, Escalatio
     schedules
         .iter()
         .filter_map(|s| Some((s.id.clone(), state::escalation(inst, &s.id)?)))
+        .collect()
+}
+
+/// The rate-limit pauses on file for `schedules`.
+fn pauses(inst: &Instance, schedules: &[Schedule]) -> HashMap<String, state::Pause> {
+    schedules
+        .iter()
+        .filter_map(|s| Some((s.id.clone(), state::pause_of(inst, &s.id)?)))
         .collect()
 }
 

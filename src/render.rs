@@ -1,4 +1,5 @@
-//! The text the CLI prints for what [`crate::app`] returns. Plain text, one fact per line,
+//! The text of what [`crate::app`] returns, as the CLI prints it and the MCP tools return it
+//! beside their structured results. Plain text, one fact per line,
 //! stable enough for a person to grep; `--json` forms are serde's.
 
 use std::fmt::Write as _;
@@ -50,6 +51,9 @@ pub fn progress(event: Progress<'_>) {
         Progress::Preempted { schedule, at } => {
             eprintln!("preempted: schedule {schedule} fires at {at}; stopping the todo run")
         }
+        Progress::Held { schedule, note } => {
+            eprintln!("{schedule}: skipped: {note} (--ignore-limits runs it anyway)")
+        }
     }
 }
 
@@ -69,9 +73,13 @@ pub fn plans(plans: &[Plan]) -> String {
                 Some(argv) => argv.join(" "),
                 None => format!("(not installed: {})", mode.missing.join(", ")),
             };
+            let output = match mode.output {
+                Some(format) => format!(", output {}", format.name()),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "  {:<15} {command}  [prompt {:?}, timeout {}, on_failure {:?}{}]",
+                "  {:<15} {command}  [prompt {:?}{output}, timeout {}, on_failure {:?}{}]",
                 mode.slug,
                 mode.prompt,
                 short(mode.timeout),
@@ -154,8 +162,11 @@ pub fn resumed(resumed: &Resumed) -> String {
     } else {
         ""
     };
-    match (resumed.was_escalated, resumed.service_pid) {
-        (false, _) => format!("{id}: not escalated; nothing to resume"),
+    match (
+        resumed.was_escalated || resumed.was_paused,
+        resumed.service_pid,
+    ) {
+        (false, _) => format!("{id}: neither escalated nor paused; nothing to resume"),
         (true, _) if !everywhere.is_empty() => {
             format!("{id}: resumed{everywhere}; each node fires it again from its next instant")
         }
@@ -190,6 +201,20 @@ pub fn pruned(report: &PruneReport) -> String {
         report.lines_after,
         report.archived,
         instance::ARCHIVE
+    )
+}
+
+/// `$0.0246 today of a $0.02 budget (day ends 2026-12-03 00:00 UTC)`.
+fn spending(s: &crate::app::status::Spending) -> String {
+    let budget = match s.max_cost_usd_per_day {
+        Some(max) => format!(" of a ${} budget", crate::limits::dollars(max)),
+        None => " (no budget)".to_string(),
+    };
+    format!(
+        "${} today{budget}; the day ends {} ({})",
+        crate::limits::dollars(s.cost_today_usd),
+        s.day_ends_at.format("%Y-%m-%d %H:%M UTC"),
+        s.timezone
     )
 }
 
@@ -261,6 +286,8 @@ pub fn status(report: &Report, now: DateTime<Utc>) -> String {
                 "ESCALATED: paused until its entry changes or `resume {}`",
                 s.id
             )
+        } else if let Some(hold) = &s.hold {
+            format!("PAUSED: {}", hold.note)
         } else if !s.enabled {
             "disabled".to_string()
         } else if let Some(pid) = &s.running {
@@ -301,6 +328,15 @@ pub fn status(report: &Report, now: DateTime<Utc>) -> String {
             "  failures  {} in a row (escalates at {})",
             s.failure_streak, s.max_failures
         );
+        if s.spending.cost_today_usd > 0.0 || s.spending.max_cost_usd_per_day.is_some() {
+            let _ = writeln!(out, "  cost      {}", spending(&s.spending));
+        }
+    }
+    if let Some(budget) = &report.budget
+        && (budget.cost_today_usd > 0.0 || budget.max_cost_usd_per_day.is_some())
+    {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "cost      all schedules: {}", spending(budget));
     }
     let _ = writeln!(out);
     let _ = writeln!(
