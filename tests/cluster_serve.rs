@@ -663,6 +663,63 @@ fn a_second_live_node_with_the_same_name_is_refused_at_start() {
     assert_eq!(again.stop(), Some(0));
 }
 
+#[test]
+fn a_budget_spent_on_any_node_and_a_pause_set_by_any_node_hold_the_schedule_on_every_node() {
+    let Some(db) = TestDb::new() else { return };
+    let schedules = r#"[
+      {"id": "budgeted", "task": "t", "cron": "* * * * * *", "modes": ["ok"], "max_cost_usd_per_day": 1},
+      {"id": "paused", "task": "t", "cron": "* * * * * *", "modes": ["ok"]},
+      {"id": "free", "task": "t", "cron": "* * * * * *", "modes": ["ok"]}
+    ]"#;
+    let (a, b) = (node("a", schedules), node("b", schedules));
+    let (serve_a, serve_b) = (start(&a, &db.url), start(&b, &db.url));
+    wait_until(Duration::from_secs(10), "both schedules run", || {
+        let rows: Vec<CycleRow> = cycle_rows(&a).into_iter().chain(cycle_rows(&b)).collect();
+        ["budgeted", "paused"]
+            .iter()
+            .all(|id| rows.iter().any(|r| r.schedule == *id && r.status == "ok"))
+    });
+    // A third node (not running here) spent $1.50 on "budgeted" today and was rate limited
+    // on "paused" for a minute: what its rows and its pause put in the tables.
+    db.query(
+        "INSERT INTO timing_rows (node, scheduled_at, started_at, finished_at, duration_ms,
+             priority, schedule, cycle, mode, attempt, status, exit_code, cost_usd, note)
+         VALUES ('c', now(), now(), now(), 0, 'schedule', 'budgeted', 'c-1', 'agent', 1,
+             'ok', 0, 1.5, '')",
+    );
+    db.query(
+        "INSERT INTO pauses (schedule, until, reason, node)
+         VALUES ('paused', now() + interval '1 minute', 'rate limited', 'c')",
+    );
+    let set_at = Utc::now() + TimeDelta::seconds(1);
+    std::thread::sleep(Duration::from_secs(4));
+    let after: Vec<CycleRow> = cycle_rows(&a)
+        .into_iter()
+        .chain(cycle_rows(&b))
+        .filter(|r| r.scheduled_at > set_at)
+        .collect();
+    for (id, reason) in [
+        ("budgeted", "budget spent until"),
+        ("paused", "rate limited until"),
+    ] {
+        let rows: Vec<&CycleRow> = after.iter().filter(|r| r.schedule == id).collect();
+        assert!(rows.len() >= 2, "{id}: {rows:?}");
+        assert!(
+            rows.iter()
+                .all(|r| r.status == "skipped" && r.note.contains(reason)),
+            "{id} ran after it was held: {rows:?}"
+        );
+    }
+    assert!(
+        after
+            .iter()
+            .any(|r| r.schedule == "free" && r.status == "ok"),
+        "the free schedule goes on"
+    );
+    assert_eq!(serve_a.stop(), Some(0));
+    assert_eq!(serve_b.stop(), Some(0));
+}
+
 /// Needs no database: the URL names a port nothing listens on.
 #[test]
 fn a_node_without_its_database_fires_nothing_and_never_shows_the_password() {
