@@ -1485,7 +1485,7 @@ fn the_schedules_hash_ignores_the_cluster_section() {
         );
         inst.write("modes/a.md", "+++\ncommand = [\"true\"]\n+++\n# a\n");
         let config = loop_orchestrator::config::Config::load(inst.path()).unwrap();
-        loop_orchestrator::cluster::schedules_hash(&config)
+        loop_orchestrator::cluster::schedules_hash(&config.schedules)
     };
     let a = load(r#""cluster": { "node": "a" },"#, "0 * * * *");
     let b = load(

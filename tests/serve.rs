@@ -1077,8 +1077,18 @@ fn on_escalate_finds_this_binary_off_path_and_logs_in_a_run_folder() {
                 .contains("- on_escalate ran")
         },
     );
-    assert_eq!(serve.stop().0, Some(0));
+    // The hook's run folder is marked finished once its process is gone; a stop before that
+    // cuts the hook short (as it should), so wait for the mark.
     let runs = inst.path().join(".loop-orchestrator/runs");
+    wait_until(Duration::from_secs(10), "the hook's run finished", || {
+        std::fs::read_dir(&runs).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                e.file_name().to_string_lossy().ends_with("-x~escalate")
+                    && e.path().join(".finished").exists()
+            })
+        })
+    });
+    assert_eq!(serve.stop().0, Some(0));
     let entries: Vec<_> = std::fs::read_dir(&runs)
         .unwrap()
         .map(|e| e.unwrap())

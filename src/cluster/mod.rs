@@ -96,15 +96,15 @@ pub use settings::{ClusterConfig, PgUrl, Settings, SettingsError, SslMode};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::schedule::Schedule;
 
 /// A hash of the effective schedules, equal on nodes whose schedules.json says the same
 /// thing about schedules (the `cluster` section, which names the node, is left out):
 /// SHA-256 over each schedule's fingerprint (its entry, the defaults and the time zone, in
 /// serde_json's canonical order), the first 16 bytes in hex.
-pub fn schedules_hash(config: &Config) -> String {
+pub fn schedules_hash(schedules: &[Schedule]) -> String {
     let mut hasher = Sha256::new();
-    for schedule in &config.schedules {
+    for schedule in schedules {
         hasher.update(schedule.fingerprint.as_bytes());
         hasher.update([0u8]);
     }

@@ -436,6 +436,11 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_mode_inherits_the_database_url() {
+        assert!(crate::runner::SERVICE_ONLY_ENV.contains(&POSTGRES_ENV));
+    }
+
+    #[test]
     fn the_password_never_appears_in_the_rendered_url() {
         for (text, secret) in [
             ("postgres://app:s3cr3t-Pw@db.example:5433/loop", "s3cr3t-Pw"),

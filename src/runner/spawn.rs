@@ -29,7 +29,9 @@ pub const SERVICE_ONLY_ENV: [&str; 6] = [
     "WATCHDOG_PID",
     "LISTEN_FDS",
     "LISTEN_PID",
-    crate::cluster::settings::POSTGRES_ENV,
+    // The cluster's `POSTGRES_ENV`, named here because the runner sits below the cluster
+    // (a test in the cluster holds the two to the same name).
+    "LOOP_ORCHESTRATOR_POSTGRES",
 ];
 /// The one argv element that is replaced (whole) by the prompt file's path.
 pub const PROMPT_FILE_PLACEHOLDER: &str = "{prompt_file}";

@@ -75,7 +75,7 @@ pub fn settings(inst: &Instance, config: &Config) -> Result<Option<Settings>, Er
     let mut settings = Settings::new(url, node, id);
     settings.lease = section.lease.0;
     settings.retention = section.retention.0;
-    settings.schedules_hash = crate::cluster::schedules_hash(config);
+    settings.schedules_hash = crate::cluster::schedules_hash(&config.schedules);
     settings.catch_up = catch_up_ids(config);
     settings.backfill_from = Some(inst.timing());
     Ok(Some(settings))

@@ -500,7 +500,7 @@ impl Service {
                         );
                     }
                     side.claimer.node.reconfigure(
-                        crate::cluster::schedules_hash(&config),
+                        crate::cluster::schedules_hash(&config.schedules),
                         cluster::catch_up_ids(&config),
                     );
                 }
