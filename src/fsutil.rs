@@ -1,12 +1,17 @@
 //! Small state files written whole: [`write_atomic`] and [`read_json`].
 //!
-//! Rule: every small state file (handoffs, escalation markers, service.json, pid records) is
-//! written with [`write_atomic`]: a temp file with a unique name in the same directory,
+//! Rule: every small state file (handoffs, escalation markers, service.json) is written with
+//! [`write_atomic`]: a temp file with a unique name in the same directory,
 //! flushed, renamed over the target, then the directory flushed. So a reader sees the old
 //! file or the new one, never a torn one; two writers at once each rename a whole file of
 //! their own (the last rename wins) instead of writing into one shared temp name; and after a
 //! crash the file is the old or the new version. A leftover temp file (a crash between create
 //! and rename) starts with `.` and ends with `.tmp`, so watchers and readers ignore it.
+//!
+//! Pid records are the one exception: [`write_json_volatile`] renames a whole file the same
+//! way but flushes nothing. A record only matters while its process group can outlive the
+//! supervisor, which a machine crash cannot leave behind; flushing one per mode cost a cycle
+//! of five modes 10 flushes (BENCHMARKS.md figure 5).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -46,6 +51,10 @@ pub fn replace_keeping_mode(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn replace(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
+    replace_with(path, bytes, mode, true)
+}
+
+fn replace_with(path: &Path, bytes: &[u8], mode: Option<u32>, durable: bool) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -65,6 +74,9 @@ fn replace(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
+    if !durable {
+        return tmp.persist(path).map(drop).map_err(|err| err.error);
+    }
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|err| err.error)?;
     sync_dir(parent)
@@ -74,6 +86,14 @@ fn replace(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_atomic(path, &bytes)
+}
+
+/// [`write_json`] without the flushes: a reader still sees the old file or the new one, but
+/// after a machine crash the file may be missing or empty. Only for files that mean nothing
+/// after a reboot (pid records; see the module doc).
+pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    replace_with(path, &bytes, None, false)
 }
 
 /// Reads a JSON state file: `Ok(None)` when it does not exist, an error naming the file when
@@ -114,6 +134,9 @@ mod tests {
         write_json(&path, &serde_json::json!({"a": 2})).unwrap();
         let value: serde_json::Value = read_json(&path).unwrap().unwrap();
         assert_eq!(value["a"], 2);
+        write_json_volatile(&path, &serde_json::json!({"a": 3})).unwrap();
+        let value: serde_json::Value = read_json(&path).unwrap().unwrap();
+        assert_eq!(value["a"], 3);
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -141,7 +164,14 @@ mod tests {
                 std::thread::spawn(move || {
                     for n in 0..50 {
                         let text = "x".repeat(1000 + i * 100 + n);
-                        write_json(&path, &serde_json::json!({ "text": text })).unwrap();
+                        let value = serde_json::json!({ "text": text });
+                        // Half the writers flush, half do not (pid records): both rename
+                        // whole files.
+                        if i % 2 == 0 {
+                            write_json(&path, &value).unwrap();
+                        } else {
+                            write_json_volatile(&path, &value).unwrap();
+                        }
                     }
                 })
             })

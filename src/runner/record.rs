@@ -52,7 +52,8 @@ pub fn record(pids_dir: &std::path::Path, pgid: i32, label: Label) -> std::io::R
         label,
     };
     let path = pids_dir.join(format!("{pgid}.json"));
-    crate::fsutil::write_json(&path, &record)?;
+    // Not flushed: a record is read after the supervisor died, never after a reboot.
+    crate::fsutil::write_json_volatile(&path, &record)?;
     Ok(path)
 }
 
