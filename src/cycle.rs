@@ -809,6 +809,21 @@ fn judge(
         None => {
             parts.extend(fallback.map(str::to_string));
             parts.push(outcome.summary.clone());
+            // A run ended by its timeout or a stop still says what the agent last reported:
+            // codex without a network retries for ever, and only its last error says why.
+            if matches!(status, Status::Timeout | Status::Interrupted) {
+                let said = report.and_then(|r| match &r.verdict {
+                    Verdict::Failed { error }
+                        if !error.starts_with("ended by a signal")
+                            && !error.starts_with("exit status ") =>
+                    {
+                        Some(format!("last reported: {error}"))
+                    }
+                    Verdict::RateLimited { .. } => Some(format!("last reported: {}", r.headline())),
+                    _ => None,
+                });
+                parts.extend(said);
+            }
         }
     }
     if let Some(report) = report.filter(|r| !r.note.is_empty()) {
@@ -1006,7 +1021,28 @@ mod tests {
             PAUSE,
         );
         assert_eq!(judged.status, Status::Timeout);
-        assert!(judged.note.starts_with("timed out"), "{}", judged.note);
+        // ... and the agent's last error follows it (codex retrying for ever without a
+        // network says why only there).
+        assert_eq!(
+            judged.note,
+            "timed out after 1s; group terminated; last reported: Not logged in; tokens in/out/cached 10/2/0"
+        );
+        // A reader that saw nothing but the signal adds nothing.
+        let signal_only = report(Verdict::Failed {
+            error: "ended by a signal".into(),
+        });
+        let judged = judge(
+            &outcome(RunStatus::Timeout, None, 10),
+            Some(&signal_only),
+            None,
+            false,
+            None,
+            PAUSE,
+        );
+        assert_eq!(
+            judged.note,
+            "timed out after 1s; group terminated; tokens in/out/cached 10/2/0"
+        );
     }
 
     #[test]
