@@ -817,6 +817,8 @@ fn judge(
                         if !error.starts_with("ended by a signal")
                             && !error.starts_with("exit status ") =>
                     {
+                        // The timeout or the stop already says how it ended.
+                        let error = error.strip_suffix("; ended by a signal").unwrap_or(error);
                         Some(format!("last reported: {error}"))
                     }
                     Verdict::RateLimited { .. } => Some(format!("last reported: {}", r.headline())),
@@ -1026,6 +1028,22 @@ mod tests {
         assert_eq!(
             judged.note,
             "timed out after 1s; group terminated; last reported: Not logged in; tokens in/out/cached 10/2/0"
+        );
+        // The reader's own "ended by a signal" is not repeated.
+        let retrying = report(Verdict::Failed {
+            error: "codex ended with no turn outcome after: Reconnecting... waiting for network; ended by a signal".into(),
+        });
+        let judged = judge(
+            &outcome(RunStatus::Timeout, None, 10),
+            Some(&retrying),
+            None,
+            false,
+            None,
+            PAUSE,
+        );
+        assert_eq!(
+            judged.note,
+            "timed out after 1s; group terminated; last reported: codex ended with no turn outcome after: Reconnecting... waiting for network; tokens in/out/cached 10/2/0"
         );
         // A reader that saw nothing but the signal adds nothing.
         let signal_only = report(Verdict::Failed {
