@@ -60,6 +60,9 @@ pub struct ProcSample {
     pub voluntary_switches: u64,
     pub threads: usize,
     pub rss_kib: u64,
+    /// `RssAnon`: the process's own memory, without the pages of its binary and libraries
+    /// that the page cache maps in (clean, shared, reclaimable).
+    pub anon_kib: u64,
 }
 
 fn status_field(text: &str, name: &str) -> Option<u64> {
@@ -75,6 +78,7 @@ pub fn proc_sample(pid: u32) -> Result<ProcSample, String> {
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     let mut sample = ProcSample {
         rss_kib: status_field(&status, "VmRSS:").unwrap_or(0),
+        anon_kib: status_field(&status, "RssAnon:").unwrap_or(0),
         ..ProcSample::default()
     };
     let tasks = std::fs::read_dir(base.join("task"))
@@ -168,6 +172,7 @@ mod tests {
         let sample = proc_sample(std::process::id()).unwrap();
         assert!(sample.threads >= 1);
         assert!(sample.rss_kib > 0);
+        assert!(sample.anon_kib > 0 && sample.anon_kib <= sample.rss_kib);
     }
 
     #[test]
