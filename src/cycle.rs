@@ -994,6 +994,18 @@ mod tests {
 
     const PAUSE: Duration = Duration::from_secs(900);
 
+    /// The judgement of a run ended by its timeout, after the agent said `said`.
+    fn timed_out(said: &AgentReport) -> Judged {
+        judge(
+            &outcome(RunStatus::Timeout, None, 10),
+            Some(said),
+            None,
+            false,
+            None,
+            PAUSE,
+        )
+    }
+
     #[test]
     fn an_agent_error_fails_the_run_even_on_exit_0_with_its_text_first() {
         let failed = report(Verdict::Failed {
@@ -1014,14 +1026,7 @@ mod tests {
         );
         assert_eq!(judged.cost, Some(0.5));
         // A timeout says more than what the agent printed before it.
-        let judged = judge(
-            &outcome(RunStatus::Timeout, None, 10),
-            Some(&failed),
-            None,
-            false,
-            None,
-            PAUSE,
-        );
+        let judged = timed_out(&failed);
         assert_eq!(judged.status, Status::Timeout);
         // ... and the agent's last error follows it (codex retrying for ever without a
         // network says why only there).
@@ -1033,14 +1038,7 @@ mod tests {
         let retrying = report(Verdict::Failed {
             error: "codex ended with no turn outcome after: Reconnecting... waiting for network; ended by a signal".into(),
         });
-        let judged = judge(
-            &outcome(RunStatus::Timeout, None, 10),
-            Some(&retrying),
-            None,
-            false,
-            None,
-            PAUSE,
-        );
+        let judged = timed_out(&retrying);
         assert_eq!(
             judged.note,
             "timed out after 1s; group terminated; last reported: codex ended with no turn outcome after: Reconnecting... waiting for network; tokens in/out/cached 10/2/0"
@@ -1049,14 +1047,7 @@ mod tests {
         let signal_only = report(Verdict::Failed {
             error: "ended by a signal".into(),
         });
-        let judged = judge(
-            &outcome(RunStatus::Timeout, None, 10),
-            Some(&signal_only),
-            None,
-            false,
-            None,
-            PAUSE,
-        );
+        let judged = timed_out(&signal_only);
         assert_eq!(
             judged.note,
             "timed out after 1s; group terminated; tokens in/out/cached 10/2/0"

@@ -46,6 +46,18 @@ fn mode(inst: &Instance, slug: &str, front: &str) {
     );
 }
 
+/// A mode `slug` running the fake claude that succeeds at a cost of $0.0123.
+fn paying_claude_mode(inst: &Instance, slug: &str) {
+    mode(
+        inst,
+        slug,
+        &format!(
+            "agent = \"claude\"\ncommand = {}",
+            fake("claude", &["-p", "--output-format", "json", "success"])
+        ),
+    );
+}
+
 /// A TOML argv running a fake agent with these arguments.
 fn fake(agent: &str, args: &[&str]) -> String {
     let mut argv = vec![format!("\"{}\"", fixture(&format!("fake-{agent}.sh")))];
@@ -428,14 +440,7 @@ fn a_budget_stops_fires_once_spent_and_is_passed_by_one_run_at_most() {
             env.display()
         ),
     );
-    mode(
-        &inst,
-        "implementation",
-        &format!(
-            "agent = \"claude\"\ncommand = {}",
-            fake("claude", &["-p", "--output-format", "json", "success"])
-        ),
-    );
+    paying_claude_mode(&inst, "implementation");
     let budget_left = || {
         std::fs::read_to_string(&env)
             .unwrap()
@@ -488,14 +493,7 @@ fn a_cycle_of_several_agent_modes_stops_spending_once_its_budget_is_gone() {
         r#"[{ "id": "s1", "task": "t", "modes": ["one", "two", "three"], "max_cost_usd_per_day": 0.02 }]"#,
     );
     for slug in ["one", "two", "three"] {
-        mode(
-            &inst,
-            slug,
-            &format!(
-                "agent = \"claude\"\ncommand = {}",
-                fake("claude", &["-p", "--output-format", "json", "success"])
-            ),
-        );
+        paying_claude_mode(&inst, slug);
     }
     let out = inst.run(&["run-cycle"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -524,14 +522,7 @@ fn the_instance_budget_counts_every_schedule_and_defaults_apply() {
         "  \"max_cost_usd_per_day\": 0.02,\n  \"defaults\": { \"modes\": [\"implementation\"], \"max_cost_usd_per_day\": 1 },",
         r#"[{ "id": "a", "task": "t" }, { "id": "b", "task": "t" }]"#,
     );
-    mode(
-        &inst,
-        "implementation",
-        &format!(
-            "agent = \"claude\"\ncommand = {}",
-            fake("claude", &["-p", "--output-format", "json", "success"])
-        ),
-    );
+    paying_claude_mode(&inst, "implementation");
     let out = inst.run(&["run-cycle"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = inst.run(&["run-cycle"]);
@@ -759,14 +750,6 @@ impl Drop for Serve {
     }
 }
 
-fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn rate_limited_cycles_under_serve_pause_the_schedule_and_never_escalate() {
     let inst = instance(
@@ -806,7 +789,7 @@ fn rate_limited_cycles_under_serve_pause_the_schedule_and_never_escalate() {
             .filter(|r| r[STATUS] == "skipped" && r[NOTE].starts_with("rate limited until "))
             .count()
     };
-    wait_for(
+    common::wait_until(
         Duration::from_secs(40),
         "four rate-limited cycles and fires skipped for the pause",
         || limited_cycles(&inst) >= 4 && skipped_for_the_pause(&inst) >= 1,
@@ -842,14 +825,7 @@ fn serve_and_run_cycle_share_the_budget_and_skip_once_it_is_spent() {
         "",
         r#"[{ "id": "s1", "task": "t", "cron": "* * * * * *", "modes": ["implementation"], "max_cost_usd_per_day": 0.02 }]"#,
     );
-    mode(
-        &inst,
-        "implementation",
-        &format!(
-            "agent = \"claude\"\ncommand = {}",
-            fake("claude", &["-p", "--output-format", "json", "success"])
-        ),
-    );
+    paying_claude_mode(&inst, "implementation");
     // A run-cycle spends first; the service sees it in the file.
     let out = inst.run(&["run-cycle"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -860,7 +836,7 @@ fn serve_and_run_cycle_share_the_budget_and_skip_once_it_is_spent() {
             .filter(|r| r[STATUS] == "skipped" && r[NOTE].starts_with("budget spent until "))
             .count()
     };
-    wait_for(
+    common::wait_until(
         Duration::from_secs(30),
         "three fires skipped for the budget",
         || budget_skips(&inst) >= 3,

@@ -8,7 +8,7 @@ mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{Instance, text};
@@ -45,7 +45,7 @@ impl Serve {
     }
 
     fn wait_serving(&self) {
-        wait_until(Duration::from_secs(15), "the service serves", || {
+        common::wait_until(Duration::from_secs(15), "the service serves", || {
             self.log_text().contains("\"serving\"")
         });
     }
@@ -78,14 +78,6 @@ impl Drop for Serve {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -242,7 +234,7 @@ fn a_node_killed_while_its_cycle_runs_is_taken_over_within_one_lease_and_rerun_w
     // a claims an instant and its mode hangs.
     let runs = a.path().join(".loop-orchestrator/runs");
     let mut cycle = String::new();
-    wait_until(Duration::from_secs(10), "a runs a cycle", || {
+    common::wait_until(Duration::from_secs(10), "a runs a cycle", || {
         let pids = std::fs::read_dir(a.path().join(".loop-orchestrator/pids"))
             .map(|d| d.count())
             .unwrap_or(0);
@@ -289,7 +281,7 @@ fn a_node_killed_while_its_cycle_runs_is_taken_over_within_one_lease_and_rerun_w
 
     // b writes the interrupted row of a's cycle, then runs the instant again (catch_up).
     let mut taken = None;
-    wait_until(
+    common::wait_until(
         Duration::from_secs(12),
         "b records a's cycle interrupted",
         || {
@@ -318,7 +310,7 @@ fn a_node_killed_while_its_cycle_runs_is_taken_over_within_one_lease_and_rerun_w
         taken.note
     );
     let instant = taken.scheduled_at;
-    wait_until(Duration::from_secs(10), "b reruns the instant", || {
+    common::wait_until(Duration::from_secs(10), "b reruns the instant", || {
         cycle_rows(&b)
             .iter()
             .any(|r| r.scheduled_at == instant && r.attempt == 2 && r.status == "ok")
@@ -371,12 +363,12 @@ fn a_node_cut_off_its_database_writes_nothing_says_so_and_resumes_when_it_return
             ("NOTIFY_SOCKET", socket.as_str()),
         ],
     );
-    wait_until(Duration::from_secs(10), "the node fires", || {
+    common::wait_until(Duration::from_secs(10), "the node fires", || {
         cycle_rows(&a).len() >= 2
     });
     proxy.cut();
     let cut_at = Utc::now();
-    wait_until(Duration::from_secs(10), "status shows the outage", || {
+    common::wait_until(Duration::from_secs(10), "status shows the outage", || {
         status_json(&a)["service"]["cluster"]["state"] == "down"
     });
     let mut unreachable = false;
@@ -390,7 +382,7 @@ fn a_node_cut_off_its_database_writes_nothing_says_so_and_resumes_when_it_return
     std::thread::sleep(Duration::from_secs(5));
     let restored_at = Utc::now();
     proxy.restore();
-    wait_until(Duration::from_secs(15), "the node fires again", || {
+    common::wait_until(Duration::from_secs(15), "the node fires again", || {
         cycle_rows(&a)
             .iter()
             .any(|r| r.scheduled_at > restored_at && r.status == "ok")
@@ -525,11 +517,11 @@ fn two_nodes_starting_together_migrate_the_schema_once() {
         2
     );
     for inst in [&a, &b] {
-        wait_until(Duration::from_secs(5), "the node reports itself up", || {
+        common::wait_until(Duration::from_secs(5), "the node reports itself up", || {
             status_json(inst)["service"]["cluster"]["state"] == "up"
         });
     }
-    wait_until(
+    common::wait_until(
         Duration::from_secs(10),
         "an instant is claimed and run",
         || !cycle_rows(&a).is_empty() || !cycle_rows(&b).is_empty(),
@@ -582,7 +574,7 @@ fn an_escalation_on_one_node_pauses_every_node_and_resume_on_another_lifts_it() 
             .find(|r| r[7] == "cycle" && r[9] == "escalated")
     };
     let mut escalated_by = None;
-    wait_until(Duration::from_secs(20), "a node escalates", || {
+    common::wait_until(Duration::from_secs(20), "a node escalates", || {
         escalated_by = [("a", &a, &b), ("b", &b, &a)]
             .into_iter()
             .find(|(_, inst, _)| escalated_row(inst).is_some());
@@ -591,7 +583,7 @@ fn an_escalation_on_one_node_pauses_every_node_and_resume_on_another_lifts_it() 
     let (name, escalator, other) = escalated_by.unwrap();
     let escalated_at: DateTime<Utc> = escalated_row(escalator).unwrap()[1].parse().unwrap();
     // The other node learns it (its reads every third of a lease) and pauses too.
-    wait_until(
+    common::wait_until(
         Duration::from_secs(10),
         "the other node shows it escalated",
         || status_json(other)["schedules"][0]["escalated"] == true,
@@ -621,12 +613,12 @@ fn an_escalation_on_one_node_pauses_every_node_and_resume_on_another_lifts_it() 
         text(&out)
     );
     let resumed_at = Utc::now();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(10),
         "the escalating node resumes too",
         || status_json(escalator)["schedules"][0]["escalated"] == false,
     );
-    wait_until(Duration::from_secs(15), "both nodes fire again", || {
+    common::wait_until(Duration::from_secs(15), "both nodes fire again", || {
         let fired = |inst: &Instance| {
             cycle_rows(inst)
                 .iter()
@@ -673,7 +665,7 @@ fn a_budget_spent_on_any_node_and_a_pause_set_by_any_node_hold_the_schedule_on_e
     ]"#;
     let (a, b) = (node("a", schedules), node("b", schedules));
     let (serve_a, serve_b) = (start(&a, &db.url), start(&b, &db.url));
-    wait_until(Duration::from_secs(10), "both schedules run", || {
+    common::wait_until(Duration::from_secs(10), "both schedules run", || {
         let rows: Vec<CycleRow> = cycle_rows(&a).into_iter().chain(cycle_rows(&b)).collect();
         ["budgeted", "paused"]
             .iter()

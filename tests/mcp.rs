@@ -1302,8 +1302,14 @@ async fn set_enabled_while_serve_runs_reloads_and_keeps_every_other_byte() {
     assert_eq!(serve.wait().unwrap().code(), Some(0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_server_and_interrupts_its_cycle() {
+/// An instance whose cycle's mode sleeps 300 s writing its pids to a file in `pids`, a stdio
+/// server, and a `run_cycle` call in flight once the mode has started.
+async fn sleeping_cycle() -> (
+    Instance,
+    tempfile::TempDir,
+    Stdio,
+    rmcp::service::RequestHandle<rmcp::RoleClient>,
+) {
     let pids = tempfile::tempdir().unwrap();
     let pid_file = pids.path().join("pids");
     let inst = instance(&format!(
@@ -1316,6 +1322,25 @@ async fn sigterm_stops_the_server_and_interrupts_its_cycle() {
         pid_file.exists()
     })
     .await;
+    (inst, pids, mcp, handle)
+}
+
+/// The cycle of [`sleeping_cycle`] was recorded interrupted and none of its processes lives.
+fn interrupted_and_gone(inst: &Instance, pids: &tempfile::TempDir) {
+    assert_eq!(
+        inst.mode_statuses(),
+        [("first", "interrupted"), ("cycle", "interrupted")]
+            .map(|(m, s)| (m.to_string(), s.to_string()))
+    );
+    let text = std::fs::read_to_string(pids.path().join("pids")).unwrap();
+    for pid in text.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
+        assert!(!process_exists(pid), "pid {pid} survived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_and_interrupts_its_cycle() {
+    let (inst, pids, mcp, handle) = sleeping_cycle().await;
     let server = mcp.child.id().unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server),
@@ -1329,15 +1354,7 @@ async fn sigterm_stops_the_server_and_interrupts_its_cycle() {
         .expect("the server exits on SIGTERM")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(
-        inst.mode_statuses(),
-        [("first", "interrupted"), ("cycle", "interrupted")]
-            .map(|(m, s)| (m.to_string(), s.to_string()))
-    );
-    let text = std::fs::read_to_string(&pid_file).unwrap();
-    for pid in text.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
-        assert!(!process_exists(pid), "pid {pid} survived");
-    }
+    interrupted_and_gone(&inst, &pids);
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost (cert.pem, key.pem), made with the
@@ -1478,18 +1495,7 @@ async fn https_with_tls_cert_serves_an_mcp_client_and_only_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_stdio_mid_cycle_leaves_interrupted_rows() {
-    let pids = tempfile::tempdir().unwrap();
-    let pid_file = pids.path().join("pids");
-    let inst = instance(&format!(
-        "SLEEP = \"300\", PID_FILE = \"{}\"",
-        pid_file.display()
-    ));
-    let mcp = Stdio::start(&inst).await;
-    let _pending = call_cancellable(&mcp, "run_cycle", json!({"schedule": "main"})).await;
-    wait_for(Duration::from_secs(10), "the mode starts", || {
-        pid_file.exists()
-    })
-    .await;
+    let (inst, pids, mcp, _pending) = sleeping_cycle().await;
     let Stdio {
         client, mut child, ..
     } = mcp;
@@ -1500,13 +1506,5 @@ async fn a_client_that_closes_stdio_mid_cycle_leaves_interrupted_rows() {
         .expect("the server exits after its client goes")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert_eq!(
-        inst.mode_statuses(),
-        [("first", "interrupted"), ("cycle", "interrupted")]
-            .map(|(m, s)| (m.to_string(), s.to_string()))
-    );
-    let text = std::fs::read_to_string(&pid_file).unwrap();
-    for pid in text.split_whitespace().map(|p| p.parse::<i32>().unwrap()) {
-        assert!(!process_exists(pid), "pid {pid} survived");
-    }
+    interrupted_and_gone(&inst, &pids);
 }

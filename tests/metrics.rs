@@ -124,14 +124,6 @@ fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> Result<Reply, Stri
     })
 }
 
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn instance(schedules: &str, extra: &str) -> Instance {
     let inst = Instance {
         dir: tempfile::tempdir().unwrap(),
@@ -264,7 +256,7 @@ fn scraped_counters_equal_the_rows_of_the_tsv_after_the_service_drains() {
     let aside = tempfile::tempdir().unwrap();
     let serve = Serve::start(&inst, aside.path(), &["--metrics", "127.0.0.1:0"], &[]);
     assert_eq!(serve.get("/readyz").status, 200);
-    wait_until(
+    common::wait_until(
         Duration::from_secs(20),
         "bad escalates and slow skips",
         || {
@@ -313,7 +305,7 @@ fn scraped_counters_equal_the_rows_of_the_tsv_after_the_service_drains() {
         inst.path().join("schedules.json"),
     )
     .unwrap();
-    wait_until(Duration::from_secs(20), "the service drains", || {
+    common::wait_until(Duration::from_secs(20), "the service drains", || {
         let samples = parse_text(&serve.get("/metrics").body);
         let get = |name: &str| samples.get(&key(name, &[])).copied();
         samples.get(&key("loop_orchestrator_reloads_total", &[("result", "ok")])) == Some(&1.0)
@@ -462,7 +454,7 @@ fn healthz_turns_503_while_the_loop_is_stalled_and_200_after() {
     std::fs::write(&stall, "").unwrap();
     let stalled_at = Instant::now();
     let mut last = None;
-    wait_until(Duration::from_secs(20), "/healthz says 503", || {
+    common::wait_until(Duration::from_secs(20), "/healthz says 503", || {
         let reply = serve.get("/healthz");
         let done = reply.status == 503;
         last = Some(reply);
@@ -482,10 +474,10 @@ fn healthz_turns_503_while_the_loop_is_stalled_and_200_after() {
     let rows_while_stalled = inst.rows().len();
 
     std::fs::remove_file(&stall).unwrap();
-    wait_until(Duration::from_secs(10), "/healthz says 200 again", || {
+    common::wait_until(Duration::from_secs(10), "/healthz says 200 again", || {
         serve.get("/healthz").status == 200
     });
-    wait_until(Duration::from_secs(10), "the stalled instants fire", || {
+    common::wait_until(Duration::from_secs(10), "the stalled instants fire", || {
         inst.rows().len() > rows_while_stalled
     });
     assert_eq!(serve.stop(), Some(0));
@@ -643,7 +635,7 @@ fn garbage_and_ten_thousand_idle_connections_do_not_disturb_the_fires() {
         "the service holds {during_flood} descriptors during the flood (baseline {baseline_fds})"
     );
     // The idle ones are closed after the header timeout; a scrape gets through meanwhile.
-    wait_until(
+    common::wait_until(
         Duration::from_secs(15),
         "a scrape succeeds during the flood",
         || get(addr, "/metrics", None).is_ok_and(|r| r.status == 200),
@@ -810,7 +802,7 @@ fn a_real_prometheus_scrapes_the_service() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(10), "a cycle is counted", || {
+    common::wait_until(Duration::from_secs(10), "a cycle is counted", || {
         serve
             .get("/metrics")
             .body
@@ -896,7 +888,7 @@ fn readyz_turns_503_when_the_stop_begins_and_healthz_stays_200_through_the_grace
     let aside = tempfile::tempdir().unwrap();
     let serve = Serve::start(&inst, aside.path(), &["--metrics", "127.0.0.1:0"], &[]);
     assert_eq!(serve.get("/readyz").status, 200);
-    wait_until(Duration::from_secs(10), "a cycle runs", || {
+    common::wait_until(Duration::from_secs(10), "a cycle runs", || {
         serve
             .get("/metrics")
             .body
@@ -904,7 +896,7 @@ fn readyz_turns_503_when_the_stop_begins_and_healthz_stays_200_through_the_grace
     });
     let pid = nix::unistd::Pid::from_raw(serve.pid());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    wait_until(Duration::from_secs(5), "/readyz says 503", || {
+    common::wait_until(Duration::from_secs(5), "/readyz says 503", || {
         serve.get("/readyz").status == 503
     });
     // Past the 5 s a stalled timer is given, the service still waits for its mode.

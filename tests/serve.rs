@@ -29,7 +29,7 @@ impl Serve {
             child: Some(command.spawn().unwrap()),
             log,
         };
-        wait_until(
+        common::wait_until(
             Duration::from_secs(10),
             "the service logs that it serves",
             || serve.log_text().contains("\"serving\""),
@@ -73,14 +73,6 @@ impl Drop for Serve {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -189,7 +181,7 @@ fn overlap_skip_records_skipped_instants_and_run_cycle_exits_75() {
     );
     inst.agent_mode("nap", "FAKE_SLEEP = \"2.5\"", "prompt = \"none\"");
     let serve = Serve::start(&inst, &[]);
-    wait_until(Duration::from_secs(5), "a cycle runs", || {
+    common::wait_until(Duration::from_secs(5), "a cycle runs", || {
         inst.path()
             .join(".loop-orchestrator/runs")
             .read_dir()
@@ -226,7 +218,7 @@ fn overlap_skip_records_skipped_instants_and_run_cycle_exits_75() {
 }
 
 fn reloaded_after(serve: &Serve, count: usize) -> serde_json::Value {
-    wait_until(Duration::from_secs(5), "the service reloads", || {
+    common::wait_until(Duration::from_secs(5), "the service reloads", || {
         serve.events("reloaded").len()
             + serve
                 .events("reload rejected; the last good configuration keeps running")
@@ -284,7 +276,7 @@ fn reload_by_rename_sed_and_truncating_writer() {
     // 1. An atomic rename, as `jq ... > tmp && mv tmp schedules.json` does.
     let at = rename_schedules_over(&inst, &file(&["a", "b"]));
     assert_eq!(measure(1, at)["fields"]["added"], 1);
-    wait_until(Duration::from_secs(5), "b fires", || {
+    common::wait_until(Duration::from_secs(5), "b fires", || {
         fires_of(&inst, "b") > 0
     });
 
@@ -298,7 +290,7 @@ fn reload_by_rename_sed_and_truncating_writer() {
         .unwrap();
     assert!(sed.success());
     measure(2, at);
-    wait_until(Duration::from_secs(5), "c fires", || {
+    common::wait_until(Duration::from_secs(5), "c fires", || {
         fires_of(&inst, "c") > 0
     });
     let b_then = fires_of(&inst, "b");
@@ -317,7 +309,7 @@ fn reload_by_rename_sed_and_truncating_writer() {
     std::thread::sleep(Duration::from_millis(200));
     f.write_all(second.as_bytes()).unwrap();
     drop(f);
-    wait_until(Duration::from_secs(5), "d fires", || {
+    common::wait_until(Duration::from_secs(5), "d fires", || {
         fires_of(&inst, "d") > 0
     });
     let applied = serve.events("reloaded").last().unwrap().clone();
@@ -343,13 +335,13 @@ fn reload_by_rename_sed_and_truncating_writer() {
     let rejected_before = rejected();
     let broken = whole.replace(r#""id": "d""#, r#""id": "d", "crn": "x""#);
     std::fs::write(&path, broken).unwrap();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(5),
         "the broken edit is rejected",
         || rejected() > rejected_before,
     );
     let mut stdout = String::new();
-    wait_until(Duration::from_secs(5), "status shows the rejection", || {
+    common::wait_until(Duration::from_secs(5), "status shows the rejection", || {
         stdout = String::from_utf8_lossy(&inst.run(&["status"]).stdout).into_owned();
         stdout.contains("REJECTED") && stdout.contains("unknown field \"crn\"")
     });
@@ -410,7 +402,7 @@ fn sigterm_interrupts_running_modes_within_the_grace() {
     );
     inst.mode("stubborn", &sleeper, &format!("prompt = \"none\"\nkill_grace = \"1s\"\nenv = {{ PIDS_DIR = \"{}\", IGNORE_TERM = \"1\" }}", pids_dir.display()));
     let serve = Serve::start(&inst, &[]);
-    wait_until(Duration::from_secs(10), "three modes run", || {
+    common::wait_until(Duration::from_secs(10), "three modes run", || {
         std::fs::read_dir(&pids_dir).unwrap().count() == 3
     });
     std::thread::sleep(Duration::from_millis(100));
@@ -437,7 +429,7 @@ fn sigterm_interrupts_running_modes_within_the_grace() {
             .split_whitespace()
         {
             let pid: i32 = pid.parse().unwrap();
-            wait_until(Duration::from_secs(5), "the group is reaped", || {
+            common::wait_until(Duration::from_secs(5), "the group is reaped", || {
                 !process_exists(pid)
             });
         }
@@ -654,7 +646,7 @@ fn failing_schedule_escalates_pauses_and_resumes() {
             .iter()
             .any(|r| r.schedule == id && r.status == "escalated")
     };
-    wait_until(Duration::from_secs(10), "both escalate", || {
+    common::wait_until(Duration::from_secs(10), "both escalate", || {
         escalated("x") && escalated("y")
     });
     let x_rows: Vec<String> = cycle_rows(&inst)
@@ -663,7 +655,7 @@ fn failing_schedule_escalates_pauses_and_resumes() {
         .map(|r| r.status.clone())
         .collect();
     assert_eq!(x_rows, ["failed", "failed", "failed", "escalated"]);
-    wait_until(Duration::from_secs(5), "on_escalate ran", || {
+    common::wait_until(Duration::from_secs(5), "on_escalate ran", || {
         escalated_file.exists()
     });
     let status = String::from_utf8_lossy(&inst.run(&["status"]).stdout).into_owned();
@@ -684,7 +676,7 @@ fn failing_schedule_escalates_pauses_and_resumes() {
         .read("schedules.json")
         .replace(r#""modes": ["fail"]"#, r#""modes": ["ok"]"#);
     inst.write("schedules.json", &edited);
-    wait_until(Duration::from_secs(5), "x fires ok again", || {
+    common::wait_until(Duration::from_secs(5), "x fires ok again", || {
         cycle_rows(&inst)
             .iter()
             .any(|r| r.schedule == "x" && r.status == "ok")
@@ -700,7 +692,7 @@ fn failing_schedule_escalates_pauses_and_resumes() {
     );
     let resumed = inst.run(&["resume", "y"]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
-    wait_until(Duration::from_secs(5), "y fires ok again", || {
+    common::wait_until(Duration::from_secs(5), "y fires ok again", || {
         cycle_rows(&inst)
             .iter()
             .any(|r| r.schedule == "y" && r.status == "ok")
@@ -731,7 +723,7 @@ fn catch_up_runs_a_missed_instant_once_after_a_restart() {
     inst.write("task_timing.tsv", &tsv);
     let missed_minute = now.format("%Y-%m-%dT%H:%M:00.000Z").to_string();
     let serve = Serve::start(&inst, &[]);
-    wait_until(Duration::from_secs(5), "the missed instant runs", || {
+    common::wait_until(Duration::from_secs(5), "the missed instant runs", || {
         cycle_rows(&inst)
             .iter()
             .any(|r| r.schedule == "caught" && r.status == "ok" && r.scheduled_at != old)
@@ -864,7 +856,7 @@ fn max_concurrent_cycles_makes_fires_wait_in_due_order() {
     );
     inst.agent_mode("nap", "FAKE_SLEEP = \"0.5\"", "prompt = \"none\"");
     let serve = Serve::start(&inst, &[]);
-    wait_until(Duration::from_secs(12), "three cycles end", || {
+    common::wait_until(Duration::from_secs(12), "three cycles end", || {
         cycle_rows(&inst)
             .iter()
             .filter(|r| r.status == "ok")
@@ -914,7 +906,7 @@ fn second_sigint_forces_at_once_and_still_records_the_mode() {
         &format!("prompt = \"none\"\nkill_grace = \"30s\"\nenv = {{ PIDS_DIR = \"{}\", IGNORE_TERM = \"1\" }}", pids_dir.display()),
     );
     let serve = Serve::start(&inst, &[]);
-    wait_until(Duration::from_secs(10), "the mode runs", || {
+    common::wait_until(Duration::from_secs(10), "the mode runs", || {
         pids_dir.join("f").exists()
     });
     serve.signal(nix::sys::signal::Signal::SIGINT);
@@ -938,7 +930,7 @@ fn second_sigint_forces_at_once_and_still_records_the_mode() {
         .split_whitespace()
     {
         let pid: i32 = pid.parse().unwrap();
-        wait_until(Duration::from_secs(5), "the group is gone", || {
+        common::wait_until(Duration::from_secs(5), "the group is gone", || {
             !process_exists(pid)
         });
     }
@@ -969,7 +961,7 @@ fn fires_waiting_for_a_slot_do_not_start_after_their_schedule_is_disabled() {
     inst.agent_mode("nap", "FAKE_SLEEP = \"4\"", "prompt = \"none\"");
     let serve = Serve::start(&inst, &[]);
     let runs = inst.path().join(".loop-orchestrator/runs");
-    wait_until(Duration::from_secs(10), "hog runs", || {
+    common::wait_until(Duration::from_secs(10), "hog runs", || {
         std::fs::read_dir(&runs).is_ok_and(|entries| {
             entries
                 .filter_map(|e| e.ok())
@@ -981,7 +973,7 @@ fn fires_waiting_for_a_slot_do_not_start_after_their_schedule_is_disabled() {
     let disabled_at = rename_schedules_over(&inst, &file(false));
     reloaded_after(&serve, 1);
     // The hog's cycle ends and the slot frees: nothing of `w` may run any more.
-    wait_until(Duration::from_secs(10), "the hog's cycle ends", || {
+    common::wait_until(Duration::from_secs(10), "the hog's cycle ends", || {
         cycle_rows(&inst)
             .iter()
             .any(|r| r.schedule == "hog" && r.status == "ok" && r.finished_at > disabled_at)
@@ -1069,7 +1061,7 @@ fn on_escalate_finds_this_binary_off_path_and_logs_in_a_run_folder() {
         .collect();
     let path = std::env::join_paths(path).unwrap();
     let serve = Serve::start(&inst, &[("PATH", path.to_str().unwrap())]);
-    wait_until(
+    common::wait_until(
         Duration::from_secs(10),
         "on_escalate added its entry",
         || {
@@ -1080,7 +1072,7 @@ fn on_escalate_finds_this_binary_off_path_and_logs_in_a_run_folder() {
     // The hook's run folder is marked finished once its process is gone; a stop before that
     // cuts the hook short (as it should), so wait for the mark.
     let runs = inst.path().join(".loop-orchestrator/runs");
-    wait_until(Duration::from_secs(10), "the hook's run finished", || {
+    common::wait_until(Duration::from_secs(10), "the hook's run finished", || {
         std::fs::read_dir(&runs).is_ok_and(|entries| {
             entries.filter_map(Result::ok).any(|e| {
                 e.file_name().to_string_lossy().ends_with("-x~escalate")

@@ -161,7 +161,7 @@ impl Serve {
             child: Some(command.spawn().expect("the binary starts")),
             log,
         };
-        wait_until(Duration::from_secs(20), "the service serves", || {
+        common::wait_until(Duration::from_secs(20), "the service serves", || {
             serve.log_text().contains("\"serving\"")
         });
         serve
@@ -204,17 +204,6 @@ impl Drop for Serve {
             let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
             let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
         }
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting until {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -728,7 +717,7 @@ fn backward_jump_rearms_elapsed_time_schedules_at_once_and_never_reruns_a_fixed_
     );
     clock.set("@2026-06-01 11:55:00.5 x60");
     let stepped = Instant::now();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(15),
         "per-minute fires again after the clock stepped back",
         || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "per-minute")).is_some(),
@@ -805,13 +794,13 @@ fn backward_step_of_seconds_keeps_per_second_firing_each_second_and_never_reruns
     wait_for_fire(&inst, "per-second", "2026-06-01T12:05:02Z", limit);
     clock.set("@2026-06-01 12:04:57.05 x1");
     let stepped = Instant::now();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(15),
         "per-second fires again after the clock stepped back",
         || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "per-second")).is_some(),
     );
     let resumed_after = stepped.elapsed();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(30),
         "per-second reaches 12:05:03 again",
         || {
@@ -893,13 +882,13 @@ fn backward_step_of_two_days_rearms_fixed_time_schedules_too() {
     clock.set("@2026-05-30 12:04:50 x2");
     let stepped = Instant::now();
     // The fires of May 30th sort before those of June 1st, so look for them by dispatch order.
-    wait_until(
+    common::wait_until(
         Duration::from_secs(20),
         "noon-five fires on May 30th after the clock stepped back two days",
         || split_at_step_back(&fired_in_order(&cycle_rows(&inst), "noon-five")).is_some(),
     );
     let resumed_after = stepped.elapsed();
-    wait_until(
+    common::wait_until(
         Duration::from_secs(20),
         "each-second-of-noon-five reaches 12:05:04 on May 30th",
         || {

@@ -50,17 +50,20 @@ pub fn limits(inst: &Instance) -> Result<Limits, Error> {
     })
 }
 
+/// The memory file's text; empty when there is none yet.
+pub fn read_text(inst: &Instance) -> Result<String, Error> {
+    match std::fs::read_to_string(inst.memory()) {
+        Ok(text) => Ok(text),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(Error::Failed(format!(
+            "cannot read {}: {err}",
+            inst.memory().display()
+        ))),
+    }
+}
+
 pub fn show(inst: &Instance) -> Result<Shown, Error> {
-    let text = match std::fs::read_to_string(inst.memory()) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(err) => {
-            return Err(Error::Failed(format!(
-                "cannot read {}: {err}",
-                inst.memory().display()
-            )));
-        }
-    };
+    let text = read_text(inst)?;
     let doc = MemoryDoc::parse(&text);
     Ok(Shown {
         lines: doc.line_count(),

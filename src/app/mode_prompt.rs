@@ -97,16 +97,7 @@ pub fn mode_prompt(
     };
     let todo = Todo::load(&inst.todo()).map_err(|err| Error::Invalid(err.to_string()))?;
     let open: Vec<&TodoItem> = todo.open_items().collect();
-    let memory = match std::fs::read_to_string(inst.memory()) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(err) => {
-            return Err(Error::Failed(format!(
-                "cannot read {}: {err}",
-                inst.memory().display()
-            )));
-        }
-    };
+    let memory = super::memory::read_text(inst)?;
     let previous = crate::state::load_handoff(inst, &schedule.id)
         .map_err(|err| Error::Failed(err.to_string()))?;
     let cycle = format!("{}-{}", crate::runs::stamp(now), schedule.id);

@@ -12,7 +12,7 @@ pub(super) fn last_content_end(text: &str, from: usize, to: usize) -> usize {
 
 /// Lines as `wc -l` counts them, plus a final unterminated line; a bare `\r` ends a
 /// line too, as it does for the markdown parser.
-pub(super) fn count_lines(text: &str) -> usize {
+pub fn count_lines(text: &str) -> usize {
     // Byte counts rather than `split_lines`: this runs over the whole file, and over
     // every entry, per prune.
     let bytes = text.as_bytes();

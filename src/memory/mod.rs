@@ -71,6 +71,7 @@ pub use archive::{ARCHIVE_TITLE, archived_entries};
 pub use document::{Entry, MemoryDoc, TITLE, initial_text};
 pub use error::MemoryError;
 pub use key::entry_key;
+pub use lines::count_lines;
 pub use prune::{MemoryLimits, PruneReport};
 #[cfg(any(test, feature = "testing"))]
 pub use scan::check_line_scan;

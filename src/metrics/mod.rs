@@ -39,7 +39,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::instance::Instance;
-use crate::memory::MemoryDoc;
 use crate::recorder::RowSink;
 use crate::timing::{CYCLE_MODE, Row};
 
@@ -293,8 +292,9 @@ impl Metrics {
     /// The exposition in `format`, with what is read at scrape time brought up to date.
     pub fn encode(&self, format: Format) -> String {
         if let Ok(text) = std::fs::read_to_string(self.inst.memory()) {
+            // Counted as a parse counts them, without parsing the file at every scrape.
             self.memory_lines
-                .set(MemoryDoc::parse(&text).line_count() as i64);
+                .set(crate::memory::count_lines(&text) as i64);
         }
         // Room for the last exposition and a little more: growing a string of hundreds of
         // kilobytes by doubling copied it a tenth of the time of an encoding.

@@ -184,6 +184,18 @@ pub fn skip(why: &str) -> bool {
     true
 }
 
+/// Polls `check` every 20 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Whether `program --version` runs.
 pub fn have(program: &str) -> bool {
     Command::new(program)
